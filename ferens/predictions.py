@@ -1,0 +1,162 @@
+"""Saved predictions and run folders: the contract between train-member, ensemble and report.
+
+A run folder (a member or an ensemble) holds::
+
+    config.json              how it was made
+    summary.json             headline metrics (val and test)
+    predictions/val.npz      logits (N,7) float32, labels (N,) int64, row_ids (N,) int64,
+    predictions/test.npz     class_names (7,) str
+
+``row_ids`` are the original row indices in fer2013.csv, so runs line up row by row.
+Ensembles store log-probabilities as ``logits`` (softmax gives back their probabilities).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.special import log_softmax, softmax
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+from ferens.classes import CLASS_NAMES
+from ferens.errors import FerensError
+
+SPLITS = ("val", "test")
+
+
+@dataclass
+class Predictions:
+    """Logits of one run on one split, with the labels and stable row ids they belong to."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    row_ids: np.ndarray
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    @property
+    def probs(self) -> np.ndarray:
+        return softmax(self.logits.astype(np.float64), axis=1)
+
+    @property
+    def log_probs(self) -> np.ndarray:
+        return log_softmax(self.logits.astype(np.float64), axis=1)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+
+@dataclass
+class Run:
+    """A member or ensemble folder loaded from disk."""
+
+    name: str
+    path: Path
+    config: dict
+    summary: dict
+    splits: dict[str, Predictions] = field(default_factory=dict)
+
+    @property
+    def val(self) -> Predictions:
+        return self.splits["val"]
+
+    @property
+    def test(self) -> Predictions:
+        return self.splits["test"]
+
+
+def save_predictions(path: str | Path, preds: Predictions) -> None:
+    """Write predictions atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        logits=np.asarray(preds.logits, dtype=np.float32),
+        labels=np.asarray(preds.labels, dtype=np.int64),
+        row_ids=np.asarray(preds.row_ids, dtype=np.int64),
+        class_names=np.asarray(preds.class_names, dtype=str),
+    )
+    os.replace(tmp, path)
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    """Read and validate a predictions file; problems raise FerensError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerensError(f"{path}: predictions file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as exc:  # corrupt zip, pickled content, ...
+        raise FerensError(f"{path}: cannot read predictions ({exc})") from None
+    missing = {"logits", "labels", "row_ids"} - data.keys()
+    if missing:
+        raise FerensError(f"{path}: missing arrays {sorted(missing)}")
+    logits, labels, row_ids = data["logits"], data["labels"], data["row_ids"]
+    names = tuple(str(c) for c in data.get("class_names", CLASS_NAMES))
+    if logits.ndim != 2 or logits.shape[1] != len(names):
+        raise FerensError(f"{path}: logits have shape {logits.shape}, expected (N, {len(names)})")
+    if not (len(labels) == len(row_ids) == len(logits)):
+        raise FerensError(
+            f"{path}: {len(logits)} logits, {len(labels)} labels, {len(row_ids)} row ids"
+        )
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise FerensError(
+            f"{path}: {int(bad.sum())} rows have NaN/inf logits (first row id {row_ids[bad][0]})"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+        raise FerensError(f"{path}: labels outside 0..{len(names) - 1}")
+    return Predictions(logits.astype(np.float32), labels.astype(np.int64),
+                       row_ids.astype(np.int64), names)
+
+
+def split_metrics(preds: Predictions) -> dict:
+    """Headline numbers for one split: accuracy, macro-F1, NLL and per-class recall."""
+    y, p = preds.labels, preds.predicted
+    labels = list(range(len(preds.class_names)))
+    recall = recall_score(y, p, labels=labels, average=None, zero_division=0)
+    nll = float(-preds.log_probs[np.arange(len(y)), y].mean()) if len(y) else float("nan")
+    return {
+        "n": int(len(y)),
+        "accuracy": float(accuracy_score(y, p)),
+        "macro_f1": float(f1_score(y, p, labels=labels, average="macro", zero_division=0)),
+        "nll": nll,
+        "per_class_recall": {c: float(r) for c, r in zip(preds.class_names, recall)},
+    }
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    """Write JSON atomically with stable formatting."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FerensError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FerensError(f"{path}: not valid JSON ({exc})") from None
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a member or ensemble folder (config, summary, val and test predictions)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FerensError(f"{path}: run folder not found")
+    config = read_json(path / "config.json")
+    summary = read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    splits = {s: load_predictions(path / "predictions" / f"{s}.npz") for s in SPLITS}
+    name = str(summary.get("name") or config.get("name") or path.name)
+    return Run(name=name, path=path, config=config, summary=summary, splits=splits)
