@@ -19,11 +19,24 @@ def ensemble_cmd(
     method: str = typer.Option("mean", help="mean | logit-mean | weighted | greedy | stack"),
     out: Path = typer.Option(..., help="Output folder, e.g. ensembles/NAME."),
     temperature: bool = typer.Option(False, help="Fit a temperature per member on val first."),
+    greedy_metric: str = typer.Option("accuracy", help="Greedy selection metric: accuracy | nll."),
+    seed: int = typer.Option(0, help="Seed for the stacker's cross-validation folds."),
 ) -> None:
-    """Combine saved member predictions (no model is re-run)."""
+    """Combine saved member predictions (no model is re-run); everything is fitted on val."""
     from ferens.ensemble import build_ensemble
 
-    build_ensemble(runs, method=method, out=out, temperature=temperature)
+    run = build_ensemble(runs, method=method, out=out, temperature=temperature, seed=seed,
+                         greedy_metric=greedy_metric)
+    s = run.summary
+    width = max(len(n) for n in [*s["members"], "ensemble"])
+    print(f"{'run':<{width}}  val_acc  test_acc  test_F1")
+    for name, m in s["member_metrics"].items():
+        print(f"{name:<{width}}  {m['val']['accuracy']:7.4f}  {m['test']['accuracy']:8.4f}"
+              f"  {m['test']['macro_f1']:7.4f}")
+    print(f"{'ensemble':<{width}}  {s['val']['accuracy']:7.4f}  {s['test']['accuracy']:8.4f}"
+          f"  {s['test']['macro_f1']:7.4f}")
+    print(f"{method}: test accuracy {s['test_accuracy_gain_over_best_member']:+.4f} vs best "
+          f"member {s['best_member']['name']} (by val); {s['seconds']:.1f}s -> {out}")
 
 
 @app.command("report")

@@ -1,0 +1,232 @@
+"""Tests for `ferens ensemble` on tiny synthetic member folders."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ferens import cli, ensemble
+from ferens.ensemble import (
+    METHODS,
+    build_ensemble,
+    combine,
+    fit_temperature,
+)
+from ferens.predictions import (
+    Predictions,
+    load_run,
+    read_json,
+    save_predictions,
+    write_json,
+)
+
+PER_CLASS = 30
+VAL_LABELS = np.repeat(np.arange(7), PER_CLASS)
+TEST_LABELS = np.repeat(np.arange(7), PER_CLASS)
+VAL_IDS = np.arange(len(VAL_LABELS))
+TEST_IDS = 10_000 + np.arange(len(TEST_LABELS))
+
+
+def expert_logits(labels: np.ndarray, strong: set[int], seed: int,
+                  strong_margin: float = 4.0, weak_margin: float = 0.3) -> np.ndarray:
+    """Noisy logits that are confidently right on `strong` classes and near chance elsewhere."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 1.0, (len(labels), 7))
+    margin = np.where(np.isin(labels, list(strong)), strong_margin, weak_margin)
+    logits[np.arange(len(labels)), labels] += margin
+    return logits
+
+
+def write_member(root: Path, name: str, val_logits: np.ndarray, test_logits: np.ndarray,
+                 val_labels: np.ndarray = VAL_LABELS, test_labels: np.ndarray = TEST_LABELS,
+                 val_ids: np.ndarray = VAL_IDS, test_ids: np.ndarray = TEST_IDS) -> Path:
+    """A member folder with config, summary and val/test predictions."""
+    path = root / name
+    write_json(path / "config.json", {"name": name, "kind": "member"})
+    write_json(path / "summary.json", {"name": name, "kind": "member"})
+    save_predictions(path / "predictions" / "val.npz", Predictions(val_logits, val_labels, val_ids))
+    save_predictions(path / "predictions" / "test.npz",
+                     Predictions(test_logits, test_labels, test_ids))
+    return path
+
+
+def complementary_members(root: Path, test_labels: np.ndarray = TEST_LABELS) -> list[Path]:
+    """Three members, each an expert on different classes."""
+    experts = {"a": {0, 1, 2}, "b": {3, 4}, "c": {5, 6}}
+    return [write_member(root, name, expert_logits(VAL_LABELS, strong, seed),
+                         expert_logits(TEST_LABELS, strong, seed + 100), test_labels=test_labels)
+            for seed, (name, strong) in enumerate(experts.items())]
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """Run `ferens` through main() and return its exit code."""
+    monkeypatch.setattr(sys, "argv", ["ferens", *args])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        return int(exc.code)
+    return 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_beats_best_member_on_complementary_members(tmp_path, method):
+    run = build_ensemble(complementary_members(tmp_path), method=method, out=tmp_path / "ens")
+    s = run.summary
+    assert s["test"]["accuracy"] > s["best_member"]["test_accuracy"] + 0.15
+    assert s["val"]["accuracy"] > max(m["val"]["accuracy"] for m in s["member_metrics"].values())
+
+
+@pytest.mark.parametrize("method", ["stack", "weighted", "greedy"])
+def test_fitted_methods_never_use_test_labels(tmp_path, method):
+    runs = [load_run(p) for p in complementary_members(tmp_path)]
+    shuffled = np.random.default_rng(7).permutation(TEST_LABELS)
+    mixed = [replace(r, splits={**r.splits, "test": replace(r.test, labels=shuffled)})
+             for r in runs]
+    plain_test, mixed_test = combine(runs, method).test, combine(mixed, method).test
+    np.testing.assert_array_equal(plain_test.logits, mixed_test.logits)
+    np.testing.assert_array_equal(mixed_test.labels, shuffled)
+
+
+def _shift_ids(root: Path) -> list[Path]:
+    other = expert_logits(VAL_LABELS, {0}, 9)
+    return [write_member(root, "a", other, other),
+            write_member(root, "b", other, other, test_ids=TEST_IDS + 1)]
+
+
+def _flip_label(root: Path) -> list[Path]:
+    other = expert_logits(VAL_LABELS, {0}, 9)
+    labels = VAL_LABELS.copy()
+    labels[5] = 6
+    return [write_member(root, "a", other, other), write_member(root, "b", other, other, labels)]
+
+
+def _nan_logits(root: Path) -> list[Path]:
+    other = expert_logits(VAL_LABELS, {0}, 9)
+    bad = other.copy()
+    bad[3, 2] = np.nan
+    return [write_member(root, "a", other, other), write_member(root, "b", bad, other)]
+
+
+def _missing_file(root: Path) -> list[Path]:
+    other = expert_logits(VAL_LABELS, {0}, 9)
+    paths = [write_member(root, "a", other, other), write_member(root, "b", other, other)]
+    (paths[1] / "predictions" / "test.npz").unlink()
+    return paths
+
+
+@pytest.mark.parametrize("make, message", [
+    (_shift_ids, "member b"),
+    (_flip_label, "labels differ"),
+    (_nan_logits, "NaN/inf"),
+    (_missing_file, "test.npz"),
+])
+def test_bad_members_exit_with_code_2_naming_the_problem(tmp_path, monkeypatch, capsys, make,
+                                                          message):
+    paths = make(tmp_path)
+    code = run_cli(monkeypatch, "ensemble", *map(str, paths), "--out", str(tmp_path / "ens"))
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "ens").exists()
+
+
+def test_single_member_unknown_method_and_out_equal_to_member_are_rejected(
+        tmp_path, monkeypatch, capsys):
+    a, b = complementary_members(tmp_path)[:2]
+    assert run_cli(monkeypatch, "ensemble", str(a), "--out", str(tmp_path / "e")) == 2
+    assert "at least 2 members" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "ensemble", str(a), str(b), "--method", "median",
+                   "--out", str(tmp_path / "e")) == 2
+    assert "unknown ensemble method" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "ensemble", str(a), str(b), "--out", str(b)) == 2
+    assert "output folder" in capsys.readouterr().err
+
+
+def test_cli_writes_ensemble_and_prints_table(tmp_path, monkeypatch, capsys):
+    paths = complementary_members(tmp_path)
+    code = run_cli(monkeypatch, "ensemble", *map(str, paths), "--method", "weighted",
+                   "--out", str(tmp_path / "ens"))
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "ensemble" in out and "best member" in out
+    assert load_run(tmp_path / "ens").summary["method"] == "weighted"
+
+
+def test_rows_in_another_order_are_aligned_by_row_id(tmp_path):
+    paths = complementary_members(tmp_path / "ordered")
+    order = np.random.default_rng(3).permutation(len(VAL_LABELS))
+    b = load_run(paths[1])
+    shuffled_b = write_member(tmp_path / "shuffled", "b", b.val.logits[order], b.test.logits,
+                              val_labels=VAL_LABELS[order], val_ids=VAL_IDS[order])
+    plain = build_ensemble(paths, out=tmp_path / "e1")
+    mixed = build_ensemble([paths[0], shuffled_b, paths[2]], out=tmp_path / "e2")
+    np.testing.assert_array_equal(plain.val.logits, mixed.val.logits)
+    np.testing.assert_array_equal(mixed.val.row_ids, VAL_IDS)
+
+
+def test_mean_of_identical_one_hot_members_equals_each_member(tmp_path):
+    one_hot = 12.0 * np.eye(7)[(VAL_LABELS + np.arange(len(VAL_LABELS))) % 7]
+    paths = [write_member(tmp_path, n, one_hot, one_hot) for n in ("a", "b", "c")]
+    run = build_ensemble(paths, method="mean", out=tmp_path / "ens")
+    member = load_run(paths[0])
+    for split in ("val", "test"):
+        np.testing.assert_allclose(run.splits[split].probs, member.splits[split].probs, atol=1e-6)
+        np.testing.assert_array_equal(run.splits[split].predicted, member.splits[split].predicted)
+
+
+def test_ensemble_folder_is_accepted_as_member(tmp_path):
+    a, b, c = complementary_members(tmp_path)
+    inner = build_ensemble([a, b], method="weighted", out=tmp_path / "inner")
+    outer = build_ensemble([inner.path, c], method="greedy", out=tmp_path / "outer")
+    assert outer.summary["members"] == ["inner", "c"]
+    assert read_json(outer.path / "config.json")["kind"] == "ensemble"
+    assert outer.summary["test"]["accuracy"] > inner.summary["test"]["accuracy"]
+
+
+def test_temperature_scaling_lowers_val_nll_of_overconfident_member(tmp_path):
+    a, b, c = complementary_members(tmp_path)
+    loud = load_run(a)
+    loud_path = write_member(tmp_path, "loud", 8 * loud.val.logits, 8 * loud.test.logits)
+    run = build_ensemble([loud_path, b, c], method="mean", temperature=True, out=tmp_path / "e")
+    temps = run.summary["temperatures"]["loud"]
+    assert temps["T"] > 2
+    assert temps["val_nll_after"] < temps["val_nll_before"]
+    t = fit_temperature(8 * loud.val.logits, VAL_LABELS)
+    assert t == pytest.approx(temps["T"], rel=1e-3)
+
+
+def test_confidently_wrong_member_gets_no_weight_and_no_greedy_picks(tmp_path):
+    a, b, c = complementary_members(tmp_path)
+    wrong = 10 * np.eye(7)[(VAL_LABELS + 1) % 7]
+    bad = write_member(tmp_path, "wrong", wrong, 10 * np.eye(7)[(TEST_LABELS + 1) % 7])
+    runs = [load_run(p) for p in (a, b, c, bad)]
+    weights = combine(runs, "weighted").details["weights"]
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert weights["wrong"] < 1e-3
+    assert combine(runs, "greedy").details["counts"]["wrong"] == 0
+
+
+def test_summary_reports_members_leave_one_out_and_disagreement(tmp_path):
+    run = build_ensemble(complementary_members(tmp_path), method="stack", out=tmp_path / "ens")
+    s = run.summary
+    assert s["kind"] == "ensemble" and s["members"] == ["a", "b", "c"]
+    assert set(s["leave_one_out"]) == {"a", "b", "c"}
+    assert all(v["test_accuracy"] < s["test"]["accuracy"] for v in s["leave_one_out"].values())
+    assert [d["pair"] for d in s["disagreement"]] == [["a", "b"], ["a", "c"], ["b", "c"]]
+    assert all(0 < d["test"] <= 1 for d in s["disagreement"])
+    assert s["details"]["C"] in s["details"]["C_grid"]
+    assert s["seconds"] >= 0
+    np.testing.assert_array_equal(run.test.row_ids, TEST_IDS)
+
+
+@pytest.mark.slow
+def test_ensemble_module_itself_imports_no_torch():
+    package_dir = str(Path(ensemble.__file__).parent)
+    code = ("import sys, types; pkg = types.ModuleType('ferens'); "
+            f"pkg.__path__ = [{package_dir!r}]; sys.modules['ferens'] = pkg; "
+            "import ferens.ensemble; sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
