@@ -166,11 +166,12 @@ def _weighted_log_mean(log_probs: list[np.ndarray], weights: np.ndarray) -> np.n
     return logsumexp(stacked[keep], axis=0, b=b) - np.log(weights[keep].sum())
 
 
-def _greedy_score(log_probs: np.ndarray, labels: np.ndarray, metric: str) -> tuple[float, ...]:
-    """Hill-climbing score (higher is better); accuracy ties are broken by NLL."""
+def _greedy_score(probs: np.ndarray, labels: np.ndarray, metric: str) -> tuple[float, ...]:
+    """Hill-climbing score of averaged probabilities (higher is better); NLL breaks ties."""
+    neg_nll = float(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300)).mean())
     if metric == "accuracy":
-        return accuracy(log_probs, labels), -nll(log_probs, labels)
-    return (-nll(log_probs, labels),)
+        return float((probs.argmax(axis=1) == labels).mean()), neg_nll
+    return (neg_nll,)
 
 
 def greedy_selection(val_log_probs: list[np.ndarray], labels: np.ndarray,
@@ -178,17 +179,14 @@ def greedy_selection(val_log_probs: list[np.ndarray], labels: np.ndarray,
     """Caruana et al. (2004) selection with replacement on val; returns the best pick sequence."""
     if metric not in GREEDY_METRICS:
         raise FerensError(f"unknown greedy metric {metric!r}; choose one of {GREEDY_METRICS}")
+    probs = [np.exp(lp) for lp in val_log_probs]
+    total = np.zeros_like(probs[0])
     picks: list[int] = []
-    counts = np.zeros(len(val_log_probs))
     best_picks, best_score = picks, None
-    for _ in range(rounds):
-        trials = []
-        for m in range(len(val_log_probs)):
-            counts[m] += 1
-            trials.append(_greedy_score(_weighted_log_mean(val_log_probs, counts), labels, metric))
-            counts[m] -= 1
+    for k in range(1, rounds + 1):
+        trials = [_greedy_score((total + p) / k, labels, metric) for p in probs]
         choice = max(range(len(trials)), key=lambda m: trials[m])
-        counts[choice] += 1
+        total += probs[choice]
         picks = picks + [choice]
         if best_score is None or trials[choice] > best_score:
             best_picks, best_score = picks, trials[choice]
