@@ -13,6 +13,82 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Facial-expression recognition on FER2013.")
 
 
+def _load_config_file(path: Path) -> dict:
+    """A member config from .json or .toml (the [member] table, or the top level)."""
+    import json
+
+    import tomllib
+
+    if not path.is_file():
+        raise FerensError(f"{path}: config file not found")
+    try:
+        values = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(
+            path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise FerensError(f"{path}: cannot parse config ({exc})") from None
+    return values.get("member", values)
+
+
+def _parse_set(pairs: list[str]) -> dict:
+    """``key=value`` overrides; values are parsed as JSON when possible (numbers, bools)."""
+    import json
+
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise FerensError(f"--set {pair!r}: expected key=value")
+        try:
+            values[key.strip().replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip().replace("-", "_")] = raw
+    return values
+
+
+@app.command("train-member")
+def train_member_cmd(
+    config: Path | None = typer.Option(None, help="Config file (.json or .toml); flags override."),
+    name: str | None = typer.Option(None, help="Run name: output goes to OUT_DIR/NAME."),
+    out_dir: str | None = typer.Option(None, help="Parent folder of runs [runs]."),
+    data: str | None = typer.Option(None, envvar="FERENS_DATA",
+                                    help="fer2013.csv(.gz) or image folder."),
+    labels: str | None = typer.Option(None, help="fer2013 | ferplus"),
+    ferplus: str | None = typer.Option(None, help="FER+ fer2013new.csv (with --labels ferplus)."),
+    model: str | None = typer.Option(None, help="timm ResNet name [resnet18]."),
+    stem: str | None = typer.Option(None, help="default (4x) | s2 (2x) | s1 (1x)."),
+    width: float | None = typer.Option(None, help="Channel width multiplier [1.0]."),
+    pretrained: str | None = typer.Option(None, help="Local weights (.safetensors or .pth)."),
+    augment: str | None = typer.Option(None, help="none | light | strong."),
+    imbalance: str | None = typer.Option(None, help="none | weighted | focal | oversample."),
+    label_smoothing: float | None = typer.Option(None, help="Label smoothing [0]."),
+    epochs: int | None = typer.Option(None, help="Epochs [20]."),
+    batch_size: int | None = typer.Option(None, help="Batch size [64]."),
+    lr: float | None = typer.Option(None, help="Peak learning rate."),
+    optimizer: str | None = typer.Option(None, help="adamw | sgd."),
+    tta: str | None = typer.Option(None, help="none | flip | tencrop (for saved predictions)."),
+    seed: int | None = typer.Option(None, help="Random seed [0]."),
+    threads: int | None = typer.Option(None, help="CPU threads (0 = auto)."),
+    max_train_samples: int | None = typer.Option(None, help="Stratified training subset size."),
+    set_: list[str] = typer.Option([], "--set", help="Any config field: --set focal_gamma=1.5"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
+    """Train one ensemble member and write runs/NAME (predictions, metrics, summary)."""
+    from ferens.config import TrainConfig
+    from ferens.train import train_member
+
+    values = _load_config_file(config) if config else {}
+    flags = {k: v for k, v in locals().items()
+             if k in TrainConfig.__dataclass_fields__ and v is not None}
+    values |= flags | _parse_set(set_)
+    summary = train_member(TrainConfig.from_dict(values), resume=resume,
+                           show_progress=not quiet)
+    test = summary["test"]
+    print(f"{summary['name']}: val acc {summary['val']['accuracy']:.4f}, "
+          f"test acc {test['accuracy']:.4f}, test macro-F1 {test['macro_f1']:.4f}, "
+          f"{summary['train_minutes']:.1f} train min, {summary['images_per_second']:.0f} img/s")
+
+
 @app.command("ensemble")
 def ensemble_cmd(
     runs: list[Path] = typer.Argument(..., help="Member (or ensemble) run folders."),
@@ -51,11 +127,23 @@ def report_cmd(
     """Write the per-class error-taxonomy report (HTML, Markdown, JSON, PNGs)."""
     from ferens.report import write_report
 
-    write_report(runs, out=out, ferplus=ferplus, data=data, split=split)
+    metrics = write_report(runs, out=out, ferplus=ferplus, data=data, split=split)
+    width = max(len(r["name"]) for r in metrics["runs"])
+    print(f"{'run':<{width}}  accuracy  macro_F1  bal_acc")
+    for r in metrics["runs"]:
+        h = r["headline"]
+        print(f"{r['name']:<{width}}  {h['accuracy']['value']:8.4f}  {h['macro_f1']['value']:8.4f}"
+              f"  {h['balanced_accuracy']['value']:7.4f}")
+    for item in metrics["skipped"]:
+        print(f"skipped {item}")
+    print(f"report: {out / 'report.html'} (also report.md, metrics.json and the PNGs in {out})")
 
 
 def main() -> None:
     """Entry point: user errors print one line and exit with code 2, never a traceback."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app(standalone_mode=False)
     except FerensError as exc:

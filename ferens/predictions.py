@@ -127,7 +127,7 @@ def split_metrics(preds: Predictions) -> dict:
         "accuracy": float(accuracy_score(y, p)),
         "macro_f1": float(f1_score(y, p, labels=labels, average="macro", zero_division=0)),
         "nll": nll,
-        "per_class_recall": {c: float(r) for c, r in zip(preds.class_names, recall)},
+        "per_class_recall": {c: float(r) for c, r in zip(preds.class_names, recall, strict=True)},
     }
 
 

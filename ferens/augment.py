@@ -1,0 +1,64 @@
+"""Albumentations pipelines by name (``none``, ``light``, ``strong``) or from a serialized dict."""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+
+from ferens.errors import FerensError
+
+AUGMENTATIONS = ("none", "light", "strong")
+
+
+def _named(name: str) -> list:
+    if name == "none":
+        return []
+    if name == "light":
+        return [A.HorizontalFlip(p=0.5),
+                A.Affine(translate_percent=(-0.05, 0.05), scale=(0.95, 1.05), rotate=(-10, 10),
+                         border_mode=0, p=0.5)]
+    if name == "strong":
+        return [A.HorizontalFlip(p=0.5),
+                A.Affine(translate_percent=(-0.1, 0.1), scale=(0.85, 1.15), rotate=(-15, 15),
+                         border_mode=0, p=0.8),
+                A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.5),
+                A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.15, 0.3),
+                                hole_width_range=(0.15, 0.3), fill=0, p=0.5)]
+    raise FerensError(f"unknown augmentation {name!r}; choose one of {list(AUGMENTATIONS)} "
+                      "or give augment_override (an albumentations to_dict() pipeline)")
+
+
+def train_pipeline(name: str, input_size: int = 48, crop_size: int = 0,
+                   override: dict | None = None, seed: int = 0) -> A.Compose:
+    """Training augmentation: resize, the named (or overriding) transforms, then random crop."""
+    if override:
+        try:
+            body = [A.from_dict(override)]
+        except Exception as exc:
+            raise FerensError(
+                f"augment_override is not an albumentations pipeline ({exc})") from None
+    else:
+        body = _named(name)
+    steps = _resize(input_size) + body
+    if crop_size:
+        steps.append(A.RandomCrop(crop_size, crop_size))
+    return A.Compose(steps, seed=seed)
+
+
+def eval_pipeline(input_size: int = 48, crop_size: int = 0) -> A.Compose:
+    """Deterministic evaluation transform matching the training geometry."""
+    steps = _resize(input_size)
+    if crop_size:
+        steps.append(A.CenterCrop(crop_size, crop_size))
+    return A.Compose(steps)
+
+
+def _resize(input_size: int) -> list:
+    return [] if input_size == 48 else [A.Resize(input_size, input_size)]
+
+
+def apply(pipeline: A.Compose, images: np.ndarray) -> np.ndarray:
+    """Transform a batch (N,H,W) uint8 image by image; identity pipelines cost nothing."""
+    if not pipeline.transforms:
+        return images
+    return np.stack([pipeline(image=img)["image"] for img in images])

@@ -1,0 +1,253 @@
+"""FER2013 loading: the original CSV (plain or gzipped) or an image-folder tree, cached as .npz.
+
+    >>> from ferens.data import load_fer2013
+    >>> ds = load_fer2013("../shared/data/fer2013/fer2013.csv.gz")   # doctest: +SKIP
+    >>> ds.split("train").images.shape                                # doctest: +SKIP
+    (28709, 48, 48)
+
+Splits follow the challenge: Training -> train, PublicTest -> val, PrivateTest -> test.
+Every example keeps its original row index (``row_ids``) so predictions can be joined back.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ferens.classes import CLASS_NAMES, NUM_CLASSES
+from ferens.errors import FerensError
+
+IMAGE_SIDE = 48
+PIXELS = IMAGE_SIDE * IMAGE_SIDE
+USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+SPLIT_TO_USAGE = {v: k for k, v in USAGE_TO_SPLIT.items()}
+DEFAULT_DATA = Path("../shared/data/fer2013/fer2013.csv.gz")
+FERPLUS_VOTES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+                 "contempt", "unknown", "NF")
+FERPLUS_TO_FER = {"anger": 0, "disgust": 1, "fear": 2, "happiness": 3, "sadness": 4,
+                  "surprise": 5, "neutral": 6}
+FOLDER_CLASS_NAMES = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+@dataclass
+class FerDataset:
+    """Images (N,48,48) uint8 with labels, official Usage and original row ids."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    usage: np.ndarray
+    row_ids: np.ndarray
+    source: Path
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, mask: np.ndarray) -> FerDataset:
+        return FerDataset(self.images[mask], self.labels[mask], self.usage[mask],
+                          self.row_ids[mask], self.source)
+
+    def split(self, name: str) -> FerDataset:
+        """One of ``train``, ``val``, ``test``; an empty split is an error."""
+        if name not in SPLIT_TO_USAGE:
+            raise FerensError(f"unknown split {name!r}; expected train, val or test")
+        part = self.subset(self.usage == SPLIT_TO_USAGE[name])
+        if len(part) == 0:
+            raise FerensError(f"{self.source}: split {name} ({SPLIT_TO_USAGE[name]}) is empty")
+        return part
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=NUM_CLASSES)
+
+
+def resolve_data_path(path: str | Path | None) -> Path:
+    """The data path from the argument, else $FERENS_DATA, else the shared copy."""
+    chosen = Path(path or os.environ.get("FERENS_DATA") or DEFAULT_DATA)
+    if not chosen.exists():
+        raise FerensError(f"{chosen}: FER2013 data not found (pass --data PATH or set FERENS_DATA)")
+    return chosen
+
+
+def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerDataset:
+    """Load fer2013.csv(.gz) or an image folder, using an .npz cache keyed by content hash."""
+    path = resolve_data_path(path)
+    if path.is_dir():
+        return _load_image_folder(path)
+    cache_file = _cache_dir() / f"fer2013-{_file_sha256(path)[:16]}.npz" if cache else None
+    if cache_file is not None and cache_file.is_file():
+        with np.load(cache_file, allow_pickle=False) as z:
+            return FerDataset(z["images"], z["labels"], z["usage"], z["row_ids"], path)
+    ds = _parse_csv(path)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(cache_file.name + ".tmp.npz")
+        np.savez(tmp, images=ds.images, labels=ds.labels, usage=ds.usage, row_ids=ds.row_ids)
+        os.replace(tmp, cache_file)
+    return ds
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FERENS_CACHE", Path.home() / ".cache" / "ferens"))
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        return raw.decode("ascii")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise FerensError(f"{path}: cannot read ({exc})") from None
+
+
+def _parse_csv(path: Path) -> FerDataset:
+    """Vectorised parse of ``emotion,pixels,Usage`` with row-level validation."""
+    text = _read_text(path)
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise FerensError(f"{path}: not a readable CSV ({exc})") from None
+    missing = [c for c in ("emotion", "pixels", "Usage") if c not in frame.columns]
+    if missing:
+        raise FerensError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+
+    def fail(row: int, problem: str) -> FerensError:
+        return FerensError(f"{path}: row {row} (line {row + 2}): {problem}")
+
+    labels = pd.to_numeric(frame["emotion"], errors="coerce")
+    bad = labels.isna() | ~labels.isin(range(NUM_CLASSES))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise fail(row, f"label {frame['emotion'].iat[row]!r} is not in 0-{NUM_CLASSES - 1}")
+    usage = frame["Usage"].str.strip()
+    unknown = ~usage.isin(list(USAGE_TO_SPLIT))
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise fail(row, f"unknown Usage {usage.iat[row]!r}; expected {list(USAGE_TO_SPLIT)}")
+
+    pixels = frame["pixels"].str.strip()
+    non_numeric = pixels.str.contains(r"[^0-9 ]", regex=True)
+    if non_numeric.any():
+        row = int(np.flatnonzero(non_numeric.to_numpy())[0])
+        token = re.search(r"[^ ]*[^0-9 ][^ ]*", pixels.iat[row]).group(0)
+        raise fail(row, f"non-numeric pixel value {token!r}")
+    counts = pixels.str.split().str.len().to_numpy()
+    wrong = counts != PIXELS
+    if wrong.any():
+        row = int(np.flatnonzero(wrong)[0])
+        raise fail(row, f"expected {PIXELS} pixel values (48x48), found {counts[row]}")
+    values = np.array(" ".join(pixels.to_list()).split(), dtype=np.int32)
+    over = values > 255
+    if over.any():
+        first = int(np.flatnonzero(over)[0])
+        raise fail(first // PIXELS, f"pixel value {values[first]} is outside 0-255")
+
+    images = values.astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    return FerDataset(images, labels.to_numpy(np.int64), usage.to_numpy().astype(str),
+                      np.arange(len(frame), dtype=np.int64), path)
+
+
+def _split_of_file(name: str, top: str) -> str | None:
+    for usage in USAGE_TO_SPLIT:
+        if name.startswith(usage + "_"):
+            return usage
+    return {"train": "Training", "val": "PublicTest", "validation": "PublicTest",
+            "test": "PrivateTest"}.get(top)
+
+
+def _load_image_folder(root: Path) -> FerDataset:
+    """``<split>/<class>/*.jpg|png``; Kaggle prefixes Training_/PublicTest_/PrivateTest_ win."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in root.glob("*/*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FerensError(f"{root}: no images found under <split>/<class>/*.jpg|png")
+    images, labels, usage = [], [], []
+    for path in files:
+        top, cls = path.parent.parent.name.lower(), path.parent.name.lower()
+        if cls not in FOLDER_CLASS_NAMES:
+            raise FerensError(f"{path}: unknown class folder {path.parent.name!r}; "
+                              f"expected one of {sorted(FOLDER_CLASS_NAMES)}")
+        split = _split_of_file(path.name, top)
+        if split is None:
+            raise FerensError(f"{path}: cannot tell the split (folder {top!r}, no Kaggle prefix)")
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("L"))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise FerensError(f"{path}: unreadable image ({exc})") from None
+        if arr.shape != (IMAGE_SIDE, IMAGE_SIDE):
+            raise FerensError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, expected 48x48")
+        images.append(arr)
+        labels.append(FOLDER_CLASS_NAMES[cls])
+        usage.append(split)
+    return FerDataset(np.stack(images), np.array(labels, dtype=np.int64),
+                      np.array(usage).astype(str), np.arange(len(files), dtype=np.int64), root)
+
+
+def read_ferplus_votes(path: str | Path) -> pd.DataFrame:
+    """FER+ ``fer2013new.csv`` as a frame indexed by FER2013 row id (row i = row i)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerensError(f"{path}: FER+ file not found")
+    try:
+        votes = pd.read_csv(path, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise FerensError(f"{path}: not a readable FER+ CSV ({exc})") from None
+    missing = [c for c in ("Usage", *FERPLUS_VOTES) if c not in votes.columns]
+    if missing:
+        raise FerensError(f"{path}: missing FER+ column(s) {missing}")
+    numeric = votes[list(FERPLUS_VOTES)].apply(pd.to_numeric, errors="coerce")
+    if numeric.isna().any().any():
+        row = int(np.flatnonzero(numeric.isna().any(axis=1).to_numpy())[0])
+        raise FerensError(f"{path}: row {row} (line {row + 2}): non-numeric vote count")
+    votes[list(FERPLUS_VOTES)] = numeric.astype(np.int64)
+    votes.index.name = "row_id"
+    return votes
+
+
+def ferplus_majority(votes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Majority FER+ label per row in FER2013 class order (-1 when not one of the 7) and its kind.
+
+    kind is ``emotion``, ``tie`` (several classes share the top count), ``contempt``,
+    ``unknown`` or ``not_a_face``.
+    """
+    counts = votes[list(FERPLUS_VOTES)].to_numpy()
+    top = counts.max(axis=1)
+    tie = (counts == top[:, None]).sum(axis=1) > 1
+    winner = np.array(FERPLUS_VOTES)[counts.argmax(axis=1)]
+    kind = np.where(tie, "tie", winner)
+    kind = np.where(np.isin(kind, list(FERPLUS_TO_FER)), "emotion", kind)
+    kind = np.where(kind == "NF", "not_a_face", kind)
+    labels = np.array([FERPLUS_TO_FER.get(w, -1) for w in winner], dtype=np.int64)
+    labels[kind != "emotion"] = -1
+    return labels, kind.astype(str)
+
+
+def apply_ferplus_labels(ds: FerDataset, ferplus_path: str | Path) -> FerDataset:
+    """Replace labels by the FER+ majority; drop rows without a clear emotion majority."""
+    votes = read_ferplus_votes(ferplus_path)
+    if ds.row_ids.max() >= len(votes):
+        raise FerensError(f"{ferplus_path}: has {len(votes)} rows but the data has row id "
+                          f"{int(ds.row_ids.max())}; FER+ rows must match fer2013.csv rows")
+    labels, kind = ferplus_majority(votes)
+    keep = kind[ds.row_ids] == "emotion"
+    out = ds.subset(keep)
+    out.labels = labels[out.row_ids]
+    return out

@@ -1,0 +1,82 @@
+"""One loss for every imbalance strategy: class-weighted, focal and label-smoothed cross-entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ferens.errors import FerensError
+
+
+def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """w_c = N / (K * n_c): each class contributes equally to the loss."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if (counts <= 0).any():
+        raise FerensError(f"every class needs training examples; counts are {counts.tolist()}")
+    return counts.sum() / (len(counts) * counts)
+
+
+def effective_number_weights(counts: np.ndarray, beta: float = 0.999) -> np.ndarray:
+    """Cui et al. 2019: w_c proportional to (1 - beta) / (1 - beta^n_c), normalised to sum to K."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if (counts <= 0).any():
+        raise FerensError(f"every class needs training examples; counts are {counts.tolist()}")
+    weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    return weights * len(counts) / weights.sum()
+
+
+def class_weights(counts: np.ndarray, scheme: str, beta: float = 0.999) -> np.ndarray | None:
+    """``none``, ``inverse`` or ``effective`` class weights from training class counts."""
+    if scheme == "none":
+        return None
+    if scheme == "inverse":
+        return inverse_frequency_weights(counts)
+    if scheme == "effective":
+        return effective_number_weights(counts, beta)
+    raise FerensError(f"unknown class-weight scheme {scheme!r}; use none, inverse or effective")
+
+
+class FocalCrossEntropy(nn.Module):
+    """-sum_c q_c w_c (1 - p_c)^gamma log p_c, averaged like torch's weighted cross-entropy.
+
+    q is the (optionally label-smoothed) target; w the class weights (or focal alpha).
+    With gamma = 0 it is exactly ``F.cross_entropy(weight=w, label_smoothing=s)``.
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None, gamma: float = 0.0,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        self.register_buffer("weight", weight if weight is None else weight.float())
+        self.gamma = gamma
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.gamma == 0:
+            return F.cross_entropy(logits, target, weight=self.weight,
+                                   label_smoothing=self.label_smoothing)
+        num_classes = logits.shape[1]
+        log_p = F.log_softmax(logits.float(), dim=1)
+        q = F.one_hot(target, num_classes).float()
+        if self.label_smoothing:
+            q = q * (1 - self.label_smoothing) + self.label_smoothing / num_classes
+        w = self.weight if self.weight is not None else log_p.new_ones(num_classes)
+        per_class = -q * w * (1 - log_p.exp()).pow(self.gamma) * log_p
+        return per_class.sum() / w[target].sum()
+
+
+def build_loss(imbalance: str, counts: np.ndarray, *, weight_scheme: str = "inverse",
+               beta: float = 0.999, focal_gamma: float = 2.0, focal_alpha: str = "none",
+               label_smoothing: float = 0.0) -> FocalCrossEntropy:
+    """The training loss for an imbalance strategy (``oversample`` uses plain CE)."""
+    if imbalance in ("none", "oversample"):
+        weights, gamma = None, 0.0
+    elif imbalance == "weighted":
+        weights, gamma = class_weights(counts, weight_scheme, beta), 0.0
+    elif imbalance == "focal":
+        weights, gamma = class_weights(counts, focal_alpha, beta), focal_gamma
+    else:
+        raise FerensError(f"unknown imbalance strategy {imbalance!r}")
+    tensor = None if weights is None else torch.tensor(weights, dtype=torch.float32)
+    return FocalCrossEntropy(tensor, gamma=gamma, label_smoothing=label_smoothing)

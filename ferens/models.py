@@ -1,0 +1,111 @@
+"""timm ResNets adapted to 48x48 grayscale faces: 1 input channel, 7 classes, a choice of stem.
+
+    >>> from ferens.models import create_member_model
+    >>> model = create_member_model("resnet18", stem="s2", width=0.5)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from ferens.classes import NUM_CLASSES
+from ferens.errors import FerensError
+
+STEMS = {
+    "default": "stock stem: stride-2 conv + max-pool (4x downsampling, cheapest)",
+    "s2": "stride-2 conv, no max-pool (2x downsampling, ~2.5x the cost)",
+    "s1": "stride-1 conv, no max-pool (no downsampling, ~10x the cost)",
+}
+
+
+def create_member_model(name: str = "resnet18", stem: str = "default", width: float = 1.0,
+                        pretrained: str | Path | None = None, drop_rate: float = 0.0,
+                        num_classes: int = NUM_CLASSES) -> nn.Module:
+    """Build a timm ResNet by name for 1-channel input; optionally load local weights."""
+    if not name.startswith(("resnet", "resnext", "seresnet", "wide_resnet")):
+        raise FerensError(f"model {name!r} is not a timm ResNet (try resnet18, resnet34, resnet50)")
+    if name not in timm.list_models():
+        raise FerensError(f"unknown timm model {name!r}")
+    if stem not in STEMS:
+        raise FerensError(f"unknown stem {stem!r}; choose one of {list(STEMS)}")
+    if width <= 0:
+        raise FerensError(f"width must be positive, got {width}")
+    kwargs = {}
+    if width != 1.0:
+        kwargs["channels"] = tuple(max(8, round(c * width)) for c in (64, 128, 256, 512))
+        kwargs["stem_width"] = max(8, round(64 * width))
+        if "d" in name.removeprefix("resnet").lstrip("0123456789"):
+            kwargs["stem_width"] = max(8, round(32 * width))
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=1,
+                              drop_rate=drop_rate, **kwargs)
+    if pretrained:
+        load_pretrained(model, pretrained)
+    _apply_stem(model, stem)
+    return model
+
+
+def _apply_stem(model: nn.Module, stem: str) -> None:
+    if stem == "default":
+        return
+    model.maxpool = nn.Identity()
+    if stem == "s1":
+        first = model.conv1[0] if isinstance(model.conv1, nn.Sequential) else model.conv1
+        first.stride = (1, 1)
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a plain torch file (loaded with weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerensError(f"{path}: pretrained weights file not found (ferens never downloads)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FerensError(f"{path}: cannot read weights ({exc})") from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FerensError(f"{path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> None:
+    """Load local weights, adapting a 3-channel first conv to 1 channel and skipping the head."""
+    from timm.models import adapt_input_conv
+
+    state = read_weights(path)
+    own = model.state_dict()
+    first_conv = next(k for k in own if k.endswith("weight") and own[k].ndim == 4)
+    if first_conv in state and state[first_conv].shape[1] != own[first_conv].shape[1]:
+        state[first_conv] = adapt_input_conv(own[first_conv].shape[1], state[first_conv])
+    head = model.get_classifier()
+    head_keys = {k for k in own if k.split(".")[0] == _head_name(model, head)}
+    state = {k: v for k, v in state.items() if k not in head_keys or v.shape == own[k].shape}
+    missing = sorted(set(own) - set(state) - head_keys)
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                ("shape mismatch", wrong)) if keys)
+        raise FerensError(f"{path}: weights do not fit this architecture: {detail}")
+    model.load_state_dict(state, strict=False)
+
+
+def _head_name(model: nn.Module, head: nn.Module) -> str:
+    return next(name for name, mod in model.named_children() if mod is head)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

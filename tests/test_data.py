@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import fer_rows, run_cli, synthetic_faces, write_fer_csv
+from PIL import Image
+
+from ferens.data import (
+    FERPLUS_VOTES,
+    apply_ferplus_labels,
+    ferplus_majority,
+    load_fer2013,
+)
+from ferens.errors import FerensError
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/fer2013/fer2013.csv.gz"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_csv_loads_into_official_splits_with_stable_row_ids(tmp_path, tiny_rows, suffix):
+    path = write_fer_csv(tmp_path / f"fer2013{suffix}", tiny_rows)
+    ds = load_fer2013(path)
+    assert ds.images.shape == (len(tiny_rows), 48, 48) and ds.images.dtype == np.uint8
+    assert [len(ds.split(s)) for s in ("train", "val", "test")] == [42, 14, 14]
+    test = ds.split("test")
+    assert test.row_ids.tolist() == list(range(56, 70))
+    first = np.array(tiny_rows[56][1].split(), dtype=np.uint8).reshape(48, 48)
+    assert np.array_equal(test.images[0], first)
+    assert test.class_counts().tolist() == [2] * 7
+
+
+def test_second_load_comes_from_the_cache(tiny_csv, monkeypatch):
+    first = load_fer2013(tiny_csv)
+    monkeypatch.setattr("ferens.data._parse_csv", lambda path: pytest.fail("parsed twice"))
+    second = load_fer2013(tiny_csv)
+    assert np.array_equal(first.images, second.images)
+    assert np.array_equal(first.usage, second.usage)
+
+
+def _corrupt(rows, index, label=None, pixels=None, usage=None):
+    rows = list(rows)
+    old = rows[index]
+    rows[index] = (old[0] if label is None else label, old[1] if pixels is None else pixels,
+                   old[2] if usage is None else usage)
+    return rows
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(label=7), "label '7' is not in 0-6"),
+    (dict(label="x"), "label 'x' is not in 0-6"),
+    (dict(usage="Validation"), "unknown Usage 'Validation'"),
+    (dict(pixels="1 2 3"), "expected 2304 pixel values (48x48), found 3"),
+    (dict(pixels="12 " * 2303 + "4a"), "non-numeric pixel value '4a'"),
+    (dict(pixels="12 " * 2303 + "256"), "pixel value 256 is outside 0-255"),
+    (dict(pixels="12 " * 2303 + "-3"), "non-numeric pixel value '-3'"),
+])
+def test_malformed_csv_row_is_named_with_file_row_and_problem(tmp_path, tiny_rows, change,
+                                                              message, monkeypatch, capsys):
+    path = write_fer_csv(tmp_path / "bad.csv", _corrupt(tiny_rows, 5, **change))
+    code, _, err = run_cli(["train-member", "--data", path, "--out-dir", tmp_path / "runs",
+                            "--epochs", "1", "--quiet"], monkeypatch, capsys)
+    assert code == 2
+    assert str(path) in err and "row 5 (line 7)" in err and message in err
+    assert "Traceback" not in err
+
+
+def test_missing_column_is_reported(tmp_path, tiny_rows):
+    path = write_fer_csv(tmp_path / "bad.csv", tiny_rows, header="label,pixels,Usage")
+    with pytest.raises(FerensError, match=r"bad.csv: missing column\(s\) \['emotion'\]"):
+        load_fer2013(path)
+
+
+def test_empty_split_is_an_error(tmp_path):
+    rows = [r for r in fer_rows({"Training": 2, "PublicTest": 1, "PrivateTest": 1})
+            if r[2] != "PublicTest"]
+    ds = load_fer2013(write_fer_csv(tmp_path / "fer.csv", rows))
+    with pytest.raises(FerensError, match=r"split val \(PublicTest\) is empty"):
+        ds.split("val")
+
+
+def test_missing_data_file_says_how_to_point_at_it(tmp_path):
+    with pytest.raises(FerensError, match="--data PATH or set FERENS_DATA"):
+        load_fer2013(tmp_path / "nope.csv")
+
+
+def _write_folder(root: Path, names: dict[str, int], size: int = 48) -> None:
+    for file_name, label in names.items():
+        top = "train" if file_name.startswith("Training") else "test"
+        folder = root / top / ["angry", "disgust", "fear", "happy", "sad", "surprise",
+                               "neutral"][label]
+        folder.mkdir(parents=True, exist_ok=True)
+        img = synthetic_faces(np.array([label]))[0]
+        Image.fromarray(img).resize((size, size)).save(folder / file_name)
+
+
+def test_image_folder_recovers_kaggle_splits_from_file_prefixes(tmp_path):
+    names = {f"{u}_{i}.png": i % 7 for u in ("Training", "PublicTest", "PrivateTest")
+             for i in range(7)}
+    _write_folder(tmp_path, names)
+    ds = load_fer2013(tmp_path)
+    assert [len(ds.split(s)) for s in ("train", "val", "test")] == [7, 7, 7]
+    assert ds.split("val").class_counts().tolist() == [1] * 7
+
+
+def test_image_folder_rejects_wrong_size_and_unreadable_images(tmp_path):
+    _write_folder(tmp_path / "a", {"Training_1.png": 0}, size=64)
+    with pytest.raises(FerensError, match=r"Training_1.png: image is 64x64, expected 48x48"):
+        load_fer2013(tmp_path / "a")
+    bad = tmp_path / "b" / "train" / "happy" / "Training_2.jpg"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(FerensError, match=r"Training_2.jpg: unreadable image"):
+        load_fer2013(tmp_path / "b")
+
+
+def _votes(rows: list[list[int]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(FERPLUS_VOTES))
+    frame.insert(0, "Usage", "Training")
+    return frame
+
+
+def test_ferplus_majority_maps_to_fer_classes_and_flags_the_rest():
+    #            neu hap sur sad ang dis fea con unk NF
+    votes = _votes([[0, 0, 0, 0, 8, 1, 1, 0, 0, 0],   # anger -> 0
+                    [6, 4, 0, 0, 0, 0, 0, 0, 0, 0],   # neutral -> 6
+                    [0, 5, 5, 0, 0, 0, 0, 0, 0, 0],   # tie
+                    [0, 0, 0, 0, 0, 0, 0, 7, 3, 0],   # contempt
+                    [0, 0, 0, 0, 0, 0, 0, 0, 2, 8],   # not a face
+                    [1, 0, 0, 0, 0, 0, 0, 0, 9, 0]])  # unknown
+    labels, kind = ferplus_majority(votes)
+    assert labels.tolist() == [0, 6, -1, -1, -1, -1]
+    assert kind.tolist() == ["emotion", "emotion", "tie", "contempt", "not_a_face", "unknown"]
+
+
+def test_ferplus_labels_replace_fer_labels_and_drop_unclear_rows(tmp_path):
+    rows = fer_rows({"Training": 1, "PublicTest": 1, "PrivateTest": 1})
+    ds = load_fer2013(write_fer_csv(tmp_path / "fer.csv", rows))
+    votes = _votes([[0, 10, 0, 0, 0, 0, 0, 0, 0, 0]] * len(rows))
+    votes.loc[3, list(FERPLUS_VOTES)] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 10]
+    votes.to_csv(tmp_path / "ferplus.csv", index=False)
+    relabelled = apply_ferplus_labels(ds, tmp_path / "ferplus.csv")
+    assert 3 not in relabelled.row_ids and len(relabelled) == len(rows) - 1
+    assert set(relabelled.labels.tolist()) == {3}
+
+
+@pytest.mark.skipif(not REAL_DATA.is_file(), reason="real FER2013 not present")
+def test_real_fer2013_has_the_canonical_splits_and_class_counts():
+    ds = load_fer2013(REAL_DATA)
+    counts = {s: ds.split(s).class_counts().tolist() for s in ("train", "val", "test")}
+    assert counts == {"train": [3995, 436, 4097, 7215, 4830, 3171, 4965],
+                      "val": [467, 56, 496, 895, 653, 415, 607],
+                      "test": [491, 55, 528, 879, 594, 416, 626]}
