@@ -16,7 +16,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 def _load_config_file(path: Path) -> dict:
     """A member config from .json or .toml (the [member] table, or the top level)."""
     import json
-
     import tomllib
 
     if not path.is_file():
@@ -137,6 +136,69 @@ def report_cmd(
     for item in metrics["skipped"]:
         print(f"skipped {item}")
     print(f"report: {out / 'report.html'} (also report.md, metrics.json and the PNGs in {out})")
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="A train-member run folder or an ensemble folder."),
+    out: Path = typer.Option(..., help="Bundle folder to write, e.g. model.ferens."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also write an ONNX model per member."),
+) -> None:
+    """Pack a member or ensemble into a self-contained bundle (safetensors + JSON)."""
+    from ferens.bundle import export_bundle
+    from ferens.predictions import read_json
+
+    path = export_bundle(run, out, onnx=onnx)
+    manifest = read_json(path / "manifest.json")
+    check = manifest["verified_max_test_probability_difference"]
+    print(f"{manifest['kind']} {manifest['name']} ({manifest['method'] or 'single member'}, "
+          f"{len(manifest['members'])} member(s){', ONNX' if onnx else ''}) -> {path}"
+          + (f"; reproduces its saved test probabilities within {check:.1e}"
+             if check is not None else ""))
+
+
+@app.command("predict")
+def predict_cmd(
+    bundle: Path = typer.Argument(..., help="A bundle written by `ferens export`."),
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    out: Path = typer.Option(Path("predictions"), help="Folder for predictions.csv/.json."),
+    no_detect: bool = typer.Option(False, "--no-detect",
+                                   help="Treat each image as an aligned face crop."),
+    annotate: bool = typer.Option(False, "--annotate",
+                                  help="Write annotated copies to OUT/annotated/."),
+    detector: str = typer.Option("auto", help="auto | haar (OpenCV 4) | lbp (scikit-image)."),
+    backend: str = typer.Option("torch", help="torch | onnx (needs an --onnx export)."),
+    batch_size: int = typer.Option(256, help="Faces per forward pass."),
+    threads: int = typer.Option(0, help="CPU threads (0 = $OMP_NUM_THREADS or all cores)."),
+) -> None:
+    """Find faces in images and write one row per face (box, class probabilities, top class)."""
+    from ferens.bundle import load_bundle
+    from ferens.predict import format_summary, predict_images, write_predictions
+    from ferens.train import configure_threads
+
+    configure_threads(threads)
+    loaded = load_bundle(bundle)
+    frame = predict_images(loaded, inputs, detect=not no_detect,
+                           annotate_dir=out / "annotated" if annotate else None,
+                           batch_size=batch_size, backend=backend, detector=detector)
+    csv_path, json_path = write_predictions(frame, out, loaded)
+    print(format_summary(frame))
+    print(f"wrote {csv_path} and {json_path}")
+
+
+@app.command("study")
+def study_cmd(
+    study: Path = typer.Argument(..., help="Study file, e.g. experiments/study.toml."),
+    lanes: int | None = typer.Option(None, help="Members trained side by side (0 = per core)."),
+    no_train: bool = typer.Option(False, "--no-train",
+                                  help="Only ensemble and report what has finished."),
+) -> None:
+    """Run a whole study: train missing members (resumable), ensemble them, write the report."""
+    from ferens.study import run_study
+
+    outcome = run_study(study, lanes=lanes, train=not no_train)
+    if outcome["failed"]:
+        raise FerensError(f"members failed: {outcome['failed']}")
 
 
 def main() -> None:

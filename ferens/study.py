@@ -1,0 +1,179 @@
+"""A whole study from one TOML file: members (side by side, resumable), ensembles, report.
+
+    ferens study experiments/study.toml            # trains what is missing, then combines
+    ferens study experiments/study.toml --lanes 1  # one member at a time on every core
+
+Members train as subprocesses, ``lanes`` at a time with ``cores // lanes`` threads each (on a
+2-core CPU two one-thread members beat one two-thread member). Finished members are skipped;
+interrupted ones resume from their last epoch. Each finished member's small outputs are copied
+to ``results_dir/members/<name>`` at once, so nothing finished is lost when a session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ferens.config import TrainConfig
+from ferens.errors import FerensError
+from ferens.predictions import read_json, write_json
+
+SMALL_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.npz",
+                 "predictions/test.npz")
+ALL_METHODS = ("mean", "logit-mean", "weighted", "greedy", "stack")
+
+
+@dataclass
+class Study:
+    """A parsed study file: member configs plus what to do with them afterwards."""
+
+    path: Path
+    members: list[TrainConfig]
+    results_dir: Path
+    lanes: int = 0
+    ensemble_methods: tuple[str, ...] = ALL_METHODS
+    ferplus: str | None = None
+    data: str | None = None
+    extra_runs: list[str] = field(default_factory=list)
+
+
+def load_study(path: str | Path) -> Study:
+    """Parse ``[study]``, ``[defaults]`` and ``[[members]]`` tables into typed configs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerensError(f"{path}: study file not found")
+    try:
+        spec = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise FerensError(f"{path}: cannot parse TOML ({exc})") from None
+    head, defaults = spec.get("study", {}), spec.get("defaults", {})
+    entries = spec.get("members", [])
+    if not entries:
+        raise FerensError(f"{path}: no [[members]] tables")
+    members = [TrainConfig.from_dict(defaults | entry, source=f"{path} member {i}")
+               for i, entry in enumerate(entries)]
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise FerensError(f"{path}: member names repeat: {names}")
+    methods = tuple(head.get("ensemble_methods", ALL_METHODS))
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown:
+        raise FerensError(f"{path}: unknown ensemble method(s) {unknown}")
+    return Study(path=path, members=members,
+                 results_dir=Path(head.get("results_dir", "results/study")),
+                 lanes=int(head.get("lanes", 0)), ensemble_methods=methods,
+                 ferplus=head.get("ferplus"), data=head.get("data"),
+                 extra_runs=list(head.get("extra_runs", [])))
+
+
+def lane_plan(pending: int, lanes: int = 0, cores: int | None = None) -> tuple[int, int]:
+    """(lanes, threads per lane): by default one single-thread lane per core."""
+    cores = cores or os.cpu_count() or 1
+    lanes = lanes or cores
+    lanes = max(1, min(lanes, pending or 1))
+    return lanes, max(1, cores // lanes)
+
+
+def is_finished(cfg: TrainConfig) -> bool:
+    return (cfg.run_dir / "summary.json").is_file()
+
+
+def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
+    """Copy a finished member's small outputs (never checkpoints) into results."""
+    dest = results_dir / "members" / cfg.name
+    for name in SMALL_OUTPUTS:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(cfg.run_dir / name, dest / name)
+    return dest
+
+
+def _launch(cfg: TrainConfig, threads: int) -> subprocess.Popen:
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    spec = cfg.run_dir.parent / f"{cfg.name}.study.json"
+    write_json(spec, cfg.to_dict())
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    log = open(cfg.run_dir.parent / f"{cfg.name}.log", "a")  # noqa: SIM115 (closed on exit)
+    cmd = [sys.executable, "-m", "ferens.cli", "train-member", "--config", str(spec),
+           "--threads", str(threads), "--resume"]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def train_members(study: Study, lanes: int | None = None, poll: float = 5.0) -> list[str]:
+    """Train every unfinished member, ``lanes`` at a time; returns the names that failed."""
+    pending = [m for m in study.members if not is_finished(m)]
+    for cfg in study.members:
+        if is_finished(cfg):
+            collect_member(cfg, study.results_dir)
+    n_lanes, threads = lane_plan(len(pending), lanes if lanes is not None else study.lanes)
+    _say(f"{len(study.members) - len(pending)} finished, {len(pending)} to train "
+         f"({n_lanes} lane(s) x {threads} thread(s)); logs in <out_dir>/<name>.log")
+    running: dict[str, tuple[subprocess.Popen, TrainConfig, float]] = {}
+    failed = []
+    try:
+        while pending or running:
+            while pending and len(running) < n_lanes:
+                cfg = pending.pop(0)
+                running[cfg.name] = (_launch(cfg, threads), cfg, time.time())
+                _say(f"started {cfg.name}")
+            time.sleep(poll)
+            for name, (proc, cfg, start) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                minutes = (time.time() - start) / 60
+                if proc.returncode == 0 and is_finished(cfg):
+                    collect_member(cfg, study.results_dir)
+                    acc = read_json(cfg.run_dir / "summary.json")["test"]["accuracy"]
+                    _say(f"finished {name} in {minutes:.1f} min: test accuracy {acc:.4f}")
+                else:
+                    failed.append(name)
+                    _say(f"FAILED {name} (exit {proc.returncode}); see its log")
+    except KeyboardInterrupt:
+        for proc, _, _ in running.values():
+            proc.terminate()
+        _say("interrupted; run the same command again to resume")
+        raise
+    return failed
+
+
+def combine_and_report(study: Study) -> dict:
+    """Every ensemble method over the finished members, then the report over everything."""
+    from ferens.ensemble import build_ensemble
+    from ferens.report import write_report
+
+    members = [study.results_dir / "members" / m.name for m in study.members
+               if (study.results_dir / "members" / m.name / "summary.json").is_file()]
+    members += [Path(p) for p in study.extra_runs]
+    ensembles = []
+    if len(members) >= 2:
+        for method in study.ensemble_methods:
+            out = study.results_dir / "ensembles" / method
+            build_ensemble(members, method=method, out=out)
+            ensembles.append(out)
+            _say(f"ensemble {method}: test accuracy "
+                 f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
+    ferplus = study.ferplus if study.ferplus and Path(study.ferplus).is_file() else None
+    report_dir = study.results_dir / "report"
+    write_report(members + ensembles, out=report_dir, ferplus=ferplus, data=study.data)
+    _say(f"report: {report_dir / 'report.html'}")
+    return {"members": [str(m) for m in members], "ensembles": [str(e) for e in ensembles],
+            "report": str(report_dir)}
+
+
+def run_study(path: str | Path, lanes: int | None = None, train: bool = True) -> dict:
+    """Train what is missing, then ensemble and report; safe to re-run at any point."""
+    study = load_study(path)
+    failed = train_members(study, lanes) if train else []
+    outcome = combine_and_report(study)
+    outcome["failed"] = failed
+    return outcome
+
+
+def _say(text: str) -> None:
+    print(f"[study] {text}", file=sys.stderr, flush=True)
