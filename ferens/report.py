@@ -1,0 +1,206 @@
+"""`ferens report`: per-run metrics with bootstrap CIs, an error taxonomy and calibration.
+
+    >>> from ferens.report import write_report
+    >>> metrics = write_report(["runs/a", "runs/b"], out="reports/ab")   # doctest: +SKIP
+
+writes ``report.html`` (self-contained), ``report.md``, ``metrics.json`` and the PNG plots.
+For notebooks, `compute_metrics` returns the same numbers from loaded `Run` objects, and
+`ferens.reporting.metrics` / `.taxonomy` / `.duplicates` hold the individual pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ferens.errors import FerensError
+from ferens.predictions import Predictions, Run, load_run, write_json
+from ferens.reporting.duplicates import dataset_positions, duplicate_analysis, label_mismatch
+from ferens.reporting.metrics import (
+    CI_LEVEL,
+    ECE_BINS,
+    N_BOOTSTRAP,
+    confusion,
+    headline,
+    per_class,
+    reliability,
+)
+from ferens.reporting.taxonomy import (
+    FERPLUS_RULES,
+    FerPlusReference,
+    compare_runs,
+    confused_pairs,
+    error_examples,
+    ferplus_analysis,
+    pair_examples,
+)
+
+SPLITS = ("test", "val")
+MISALIGNED_SHARE = 0.05
+SKIP_NO_DATA = ("thumbnails (example faces for confused pairs, confident and ambiguous errors) "
+                "and the exact-duplicate analysis: no --data given")
+SKIP_NO_FERPLUS = "the FER+ noise taxonomy and FER+ re-scoring: no --ferplus given"
+
+
+def load_runs(run_dirs: list[str | Path]) -> list[Run]:
+    """Load run folders, failing with a FerensError if none were given."""
+    if not run_dirs:
+        raise FerensError("no run folders given")
+    return [load_run(d) for d in run_dirs]
+
+
+def compute_metrics(runs: list[Run], split: str = "test",
+                    ferplus: FerPlusReference | pd.DataFrame | None = None, dataset=None,
+                    seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict:
+    """Every number of the report for loaded runs; FER+ votes and the dataset are optional.
+
+    `ferplus` is a FerPlusReference or the frame from `ferens.data.read_ferplus_votes`;
+    `dataset` is a `ferens.data.FerDataset` (the whole file, so Training copies are found).
+    """
+    if not runs:
+        raise FerensError("no runs to report on")
+    if isinstance(ferplus, pd.DataFrame):
+        ferplus = FerPlusReference.from_votes(ferplus)
+    if split not in SPLITS:
+        raise FerensError(f"unknown split {split!r}; expected one of {SPLITS}")
+    names = unique_names([r.name for r in runs])
+    preds = [r.splits[split] for r in runs]
+    class_names = preds[0].class_names
+    for run, p in zip(runs, preds, strict=True):
+        if p.class_names != class_names:
+            raise FerensError(f"{run.path}: classes {p.class_names} differ from {class_names}")
+    skipped, notes = [], []
+    if dataset is not None:
+        dataset = _check_alignment(dataset, preds, names, notes, skipped)
+    else:
+        skipped.append(SKIP_NO_DATA)
+    if ferplus is None:
+        skipped.append(SKIP_NO_FERPLUS)
+    out = {
+        "split": split, "seed": seed, "n_bootstrap": n_boot, "ci_level": CI_LEVEL,
+        "ece_bins": ECE_BINS, "class_names": list(class_names),
+        "skipped": skipped, "notes": notes,
+        "runs": [run_metrics(name, run, p, ferplus, seed, n_boot)
+                 for name, run, p in zip(names, runs, preds, strict=True)],
+    }
+    out["per_class_recall"] = {c: {r["name"]: r["per_class"][c]["recall"] for r in out["runs"]}
+                               for c in class_names}
+    out["comparison"] = compare_runs(preds, names) if len(runs) > 1 else None
+    if out["comparison"] and out["comparison"]["n_common"] < max(len(p.labels) for p in preds):
+        notes.append(f"Run comparison uses the {out['comparison']['n_common']} rows that every "
+                     "run predicted with the same label.")
+    out["ferplus"] = {"rules": FERPLUS_RULES} if ferplus is not None else None
+    out["duplicates"] = duplicate_analysis(dataset, preds, names) if dataset is not None else None
+    out["has_thumbnails"] = dataset is not None
+    return out
+
+
+def run_metrics(name: str, run: Run, preds: Predictions, ferplus: FerPlusReference | None,
+                seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict:
+    """Headline, per-class, confusion, calibration and error examples of one run."""
+    counts, normalised = confusion(preds)
+    pairs = confused_pairs(counts, preds.class_names)
+    for pair in pairs:
+        pair["example_row_ids"] = pair_examples(
+            preds, pair["true_index"], pair["pred_index"]).tolist()
+    out = {
+        "name": name, "path": str(run.path), "n": int(len(preds.labels)),
+        "headline": headline(preds, n_boot, seed),
+        "per_class": per_class(preds),
+        "confusion": {"counts": counts.tolist(), "normalised": normalised.tolist()},
+        "reliability": reliability(preds.probs, preds.labels),
+        "confused_pairs": pairs,
+        "confident_errors": error_examples(preds, "confident"),
+        "ambiguous_errors": error_examples(preds, "ambiguous"),
+    }
+    if ferplus is not None:
+        out["ferplus"] = ferplus_analysis(preds, ferplus)
+    return out
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path, ferplus: Path | None = None,
+                 data: Path | None = None, split: str = "test", seed: int = 0) -> dict:
+    """Write report.html, report.md, metrics.json and PNGs to `out`; return the metrics."""
+    from ferens.reporting.render import to_html, to_markdown
+    from ferens.reporting.sections import build_document, write_plots
+
+    runs = load_runs(run_dirs)
+    reference = None
+    if ferplus is not None:
+        from ferens.data import read_ferplus_votes
+
+        reference = FerPlusReference.from_votes(read_ferplus_votes(ferplus))
+    dataset = None
+    if data is not None:
+        from ferens.data import load_fer2013
+
+        dataset = load_fer2013(data)
+    metrics = compute_metrics(runs, split, reference, dataset, seed)
+    if ferplus is not None:
+        metrics["ferplus"]["source"] = str(ferplus)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = thumbnail_lookup(dataset) if metrics["has_thumbnails"] else None
+    plots = write_plots(metrics, out, images)
+    doc = build_document(metrics, plots)
+    metrics = json_ready(metrics)
+    write_json(out / "metrics.json", metrics)
+    (out / "report.html").write_text(to_html(doc), encoding="utf-8")
+    (out / "report.md").write_text(to_markdown(doc), encoding="utf-8")
+    return metrics
+
+
+def thumbnail_lookup(dataset):
+    """A function mapping row ids to their 48x48 images in `dataset` (white if missing)."""
+    def images(row_ids: list[int]) -> np.ndarray:
+        pos = dataset_positions(dataset.row_ids, np.asarray(row_ids, dtype=np.int64))
+        faces = dataset.images[np.maximum(pos, 0)].copy()
+        faces[pos < 0] = 255
+        return faces
+
+    return images
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Run names made unique by suffixing repeats with #2, #3, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
+    return out
+
+
+def json_ready(obj):
+    """Numpy scalars/arrays to Python, NaN/inf to None, so metrics.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _check_alignment(dataset, preds: list[Predictions], names: list[str], notes: list[str],
+                     skipped: list[str]):
+    """Keep the dataset only if its row ids and labels line up with at least one run."""
+    mismatch = [label_mismatch(dataset, p) for p in preds]
+    best = min(share for _, share in mismatch)
+    if best > MISALIGNED_SHARE:
+        skipped.append(f"thumbnails and the exact-duplicate analysis: the data at "
+                       f"{dataset.source} does not line up with the predictions (at best "
+                       f"{best:.1%} of rows are missing or carry another label)")
+        return None
+    for name, (count, share) in zip(names, mismatch, strict=True):
+        if count:
+            notes.append(f"{name}: {count} rows ({share:.1%}) are missing from the data or "
+                         "labelled differently there.")
+    return dataset

@@ -1,0 +1,224 @@
+"""Turn the report's metrics into PNG plots and a document (the same for HTML and Markdown)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ferens.reporting import plots
+from ferens.reporting.duplicates import SUBSETS
+from ferens.reporting.render import Doc
+from ferens.reporting.taxonomy import FERPLUS_CATEGORIES
+
+HEADLINE = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+            ("balanced_accuracy", "balanced acc."), ("g_mean", "G-mean"))
+FACES_PER_ROW = 6
+DUPLICATE_LABELS = {
+    "leaked": "leaked (pixels also in Training)",
+    "leaked_same_label": "leaked, Training copy has the same label",
+    "conflicting": "in a duplicate group with conflicting labels",
+    "duplicated": "any exact duplicate",
+    "rest": "no duplicate anywhere",
+}
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe version of a run name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:limit] or "run"
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for a table cell; missing values show as a dash."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{value:.{digits}f}"
+
+
+def write_plots(metrics: dict, out: Path,
+                images: Callable[[list[int]], np.ndarray] | None) -> dict:
+    """Write every PNG of the report into `out` and return their paths."""
+    classes = tuple(metrics["class_names"])
+    runs = metrics["runs"]
+    names = [r["name"] for r in runs]
+    recalls = np.array([[r["per_class"][c]["recall"] for c in classes] for r in runs])
+    paths: dict = {
+        "recall": plots.recall_bars_png(recalls, names, classes, out / "per_class_recall.png"),
+        "reliability": plots.reliability_png([r["reliability"] for r in runs], names,
+                                             out / "reliability.png"),
+        "runs": [],
+    }
+    for i, run in enumerate(runs):
+        stem = f"{i + 1:02d}_{slug(run['name'])}"
+        cm = run["confusion"]
+        entry = {"confusion": plots.confusion_png(
+            np.array(cm["counts"]), np.array(cm["normalised"]), classes,
+            f"Confusion matrix: {plots.shorten(run['name'])}", out / f"{stem}_confusion.png")}
+        if images is not None:
+            entry.update(_face_plots(run, images, out, stem))
+        paths["runs"].append(entry)
+    return paths
+
+
+def _face_plots(run: dict, images: Callable, out: Path, stem: str) -> dict:
+    paths = {}
+    pairs = [list(images(p["example_row_ids"])) for p in run["confused_pairs"]]
+    if pairs:
+        paths["pairs"] = plots.face_grid_png(pairs, out / f"{stem}_confused_pairs.png")
+    for kind in ("confident", "ambiguous"):
+        errors = run[f"{kind}_errors"]
+        if errors:
+            faces = list(images([e["row_id"] for e in errors]))
+            rows = [faces[i:i + FACES_PER_ROW] for i in range(0, len(faces), FACES_PER_ROW)]
+            paths[kind] = plots.face_grid_png(rows, out / f"{stem}_{kind}_errors.png")
+    return paths
+
+
+def build_document(metrics: dict, paths: dict) -> Doc:
+    """The report as a Doc: summary sections first, then one section per run."""
+    runs = metrics["runs"]
+    doc = Doc(f"ferens report: {metrics['split']} split, {len(runs)} run(s)")
+    doc.para("Runs: " + "; ".join(f"{r['name']} ({r['path']})" for r in runs))
+    for item in metrics["skipped"]:
+        doc.note(f"Skipped {item}.")
+    for item in metrics["notes"]:
+        doc.note(item)
+    _headline(doc, metrics)
+    _recall(doc, metrics, paths)
+    _calibration(doc, metrics, paths)
+    if metrics["comparison"]:
+        _comparison(doc, metrics)
+    if metrics["ferplus"]:
+        _ferplus(doc, metrics)
+    if metrics["duplicates"]:
+        _duplicates(doc, metrics)
+    for run, run_paths in zip(runs, paths["runs"], strict=True):
+        _run_section(doc, metrics, run, run_paths)
+    return doc
+
+
+def _headline(doc: Doc, metrics: dict) -> None:
+    doc.heading("Headline")
+    doc.para(f"{metrics['ci_level']:.0%} percentile bootstrap intervals over "
+             f"{metrics['n_bootstrap']} resamples of the {metrics['split']} rows (seed "
+             f"{metrics['seed']}). NLL is the mean negative log-likelihood, Brier the multi-class "
+             f"Brier score (sum over classes, 0..2), ECE the expected calibration error over "
+             f"{metrics['ece_bins']} equal-width confidence bins.")
+    rows = []
+    for run in metrics["runs"]:
+        h = run["headline"]
+        cells = [f"{fmt(h[k]['value'])} [{fmt(h[k]['ci_low'])}, {fmt(h[k]['ci_high'])}]"
+                 for k, _ in HEADLINE]
+        rows.append([run["name"], h["n"], *cells, fmt(h["nll"]), fmt(h["brier"]),
+                     fmt(h["ece"])])
+    doc.table(["run", "n", *(label for _, label in HEADLINE), "NLL", "Brier", "ECE"], rows)
+
+
+def _recall(doc: Doc, metrics: dict, paths: dict) -> None:
+    doc.heading("Per-class recall across runs")
+    runs = metrics["runs"]
+    support = runs[0]["per_class"]
+    rows = [[c, support[c]["support"], *(fmt(r["per_class"][c]["recall"]) for r in runs)]
+            for c in metrics["class_names"]]
+    doc.table(["class", f"support ({runs[0]['name']})", *(r["name"] for r in runs)], rows)
+    doc.image(paths["recall"], "Per-class recall by run")
+
+
+def _calibration(doc: Doc, metrics: dict, paths: dict) -> None:
+    doc.heading("Calibration")
+    doc.para("Reliability diagrams: accuracy of the top prediction in each confidence bin; bars "
+             "below the diagonal mean over-confidence.")
+    doc.image(paths["reliability"], "Reliability diagrams")
+
+
+def _comparison(doc: Doc, metrics: dict) -> None:
+    comp = metrics["comparison"]
+    names = [r["name"] for r in metrics["runs"]]
+    doc.heading("Comparing runs")
+    doc.para(f"On {comp['n_common']} common rows: {comp['all_wrong']} are wrong in every run, "
+             f"{comp['all_right']} are right in every run; at least one run is right on "
+             f"{fmt(comp['oracle_accuracy'])} of rows (oracle accuracy).")
+    doc.table(["class", "wrong in every run"], [[c, n] for c, n in
+                                                comp["all_wrong_per_class"].items()])
+    doc.table(["run", "errors made by this run only"],
+              [[n, comp["only_this_run_wrong"][n]] for n in names])
+    doc.heading("Pairwise disagreement (share of rows with different predictions)", 3)
+    doc.table(["run", *names], [[a, *(fmt(v) for v in row)]
+                                for a, row in zip(names, comp["disagreement"], strict=True)])
+    doc.heading("McNemar's exact test", 3)
+    doc.para("Two-sided binomial test on the rows where exactly one of the two runs is right; "
+             "q is the Benjamini-Hochberg adjusted p over all pairs; significant means q < 0.05.")
+    doc.table(["run A", "run B", "A right, B wrong", "A wrong, B right", "acc. A - B", "p", "q",
+               "significant"],
+              [[m["a"], m["b"], m["a_right_b_wrong"], m["a_wrong_b_right"],
+                f"{m['accuracy_diff']:+.4f}", f"{m['p_value']:.3g}", f"{m['q_value']:.3g}",
+                "yes" if m["significant"] else "no"] for m in comp["mcnemar"]])
+
+
+def _ferplus(doc: Doc, metrics: dict) -> None:
+    doc.heading("FER+ noise taxonomy")
+    doc.para(metrics["ferplus"]["rules"])
+    rows = [[r["name"], r["ferplus"]["errors"],
+             *(r["ferplus"]["total"][c] for c in FERPLUS_CATEGORIES)] for r in metrics["runs"]]
+    doc.table(["run", "errors", *FERPLUS_CATEGORIES], rows)
+    doc.heading("Accuracy re-scored against FER+ majority labels", 3)
+    doc.para("Rows whose FER+ plurality (no tie) is one of the seven FER2013 emotions.")
+    rows = []
+    for r in metrics["runs"]:
+        s = r["ferplus"]["rescored"]
+        rows.append([r["name"], s["n"], fmt(s["accuracy_vs_ferplus"]),
+                     fmt(s["accuracy_vs_fer2013_same_rows"]),
+                     fmt(s["fer2013_label_agrees_with_ferplus"])])
+    doc.table(["run", "rows", "acc. vs FER+", "acc. vs FER2013 (same rows)",
+               "FER2013 label = FER+"], rows)
+
+
+def _duplicates(doc: Doc, metrics: dict) -> None:
+    dup = metrics["duplicates"]
+    doc.heading("Exact duplicates")
+    doc.para(f"Images compared byte for byte over the whole dataset; {dup['n_rows']} "
+             f"{metrics['split']} rows found in the data; {dup['n_conflicting_groups']} "
+             "duplicate groups with conflicting labels touch them.")
+    doc.table(["subset", "rows", *dup["accuracy"]],
+              [[DUPLICATE_LABELS[s], dup["counts"][s],
+                *(fmt(acc[s]) for acc in dup["accuracy"].values())] for s in SUBSETS])
+    if dup["conflicting_groups"]:
+        doc.heading("Duplicate groups with conflicting labels", 3)
+        classes = metrics["class_names"]
+        doc.table(["rows", "labels", "usage"],
+                  [[" ".join(map(str, g["row_ids"])), ", ".join(classes[k] for k in g["labels"]),
+                    ", ".join(g["usage"])] for g in dup["conflicting_groups"]])
+
+
+def _run_section(doc: Doc, metrics: dict, run: dict, paths: dict) -> None:
+    doc.heading(f"Run: {run['name']}")
+    doc.heading("Per-class precision, recall, F1", 3)
+    doc.table(["class", "precision", "recall", "F1", "support"],
+              [[c, fmt(v["precision"]), fmt(v["recall"]), fmt(v["f1"]), v["support"]]
+               for c, v in run["per_class"].items()])
+    doc.image(paths["confusion"], f"Confusion matrices of {run['name']}")
+    doc.heading("Most confused pairs", 3)
+    doc.table(["true", "predicted", "count", "share of true class", "example rows"],
+              [[p["true"], p["pred"], p["count"], fmt(p["share_of_true"]),
+                " ".join(map(str, p["example_row_ids"]))] for p in run["confused_pairs"]])
+    if "pairs" in paths:
+        doc.para("Example faces: one row per pair above, most confident mistakes first.")
+        doc.image(paths["pairs"], f"Example faces of confused pairs, {run['name']}")
+    for kind, text in (("confident", "highest predicted probability among wrong answers"),
+                       ("ambiguous", "smallest margin between the top two probabilities")):
+        doc.heading(f"{kind.capitalize()} errors ({text})", 3)
+        doc.table(["row", "true", "predicted", "p(pred)", "p(true)", "top-2 margin"],
+                  [[e["row_id"], e["true"], e["pred"], fmt(e["p_pred"]), fmt(e["p_true"]),
+                    fmt(e["margin"])] for e in run[f"{kind}_errors"]])
+        if kind in paths:
+            doc.para(f"Faces in table order, {FACES_PER_ROW} per row.")
+            doc.image(paths[kind], f"{kind.capitalize()} errors of {run['name']}")
+    if "ferplus" in run:
+        doc.heading("FER+ taxonomy of the errors, by true class", 3)
+        doc.table(["class", *FERPLUS_CATEGORIES],
+                  [[c, *(counts[k] for k in FERPLUS_CATEGORIES)]
+                   for c, counts in run["ferplus"]["per_class"].items()])
