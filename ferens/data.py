@@ -106,19 +106,85 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        return raw.decode("ascii")
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError) as exc:
         raise FerensError(f"{path}: cannot read ({exc})") from None
 
 
 def _parse_csv(path: Path) -> FerDataset:
-    """Vectorised parse of ``emotion,pixels,Usage`` with row-level validation."""
-    text = _read_text(path)
+    """Parse fer2013.csv: a byte-level fast path for valid files, else the validating path."""
+    raw = _read_bytes(path)
+    fast = _parse_canonical_bytes(raw)
+    if fast is not None:
+        images, labels, usage = fast
+        return FerDataset(images, labels, usage, np.arange(len(labels), dtype=np.int64), path)
+    return _parse_csv_validating(path, raw)
+
+
+def _parse_canonical_bytes(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Numpy-only parse of a well-formed ``emotion,pixels,Usage`` file; None if anything is off.
+
+    Every digit run is a token; a valid row holds exactly 1 + 2304 of them (the label and the
+    pixels) and no other characters outside its Usage field. Any deviation returns None so the
+    validating parser can name the exact row and problem.
+    """
+    header_end = raw.find(b"\n")
+    if header_end < 0 or raw[:header_end].strip() != b"emotion,pixels,Usage":
+        return None
+    buf = np.frombuffer(raw, dtype=np.uint8)[header_end + 1:]
+    if len(buf) == 0:
+        return None
+    newlines = np.flatnonzero(buf == ord("\n"))
+    ends = newlines if buf[-1] == ord("\n") else np.append(newlines, len(buf))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    commas = np.flatnonzero(buf == ord(","))
+    if len(commas) != 2 * len(starts):
+        return None
+    first, second = commas[0::2], commas[1::2]
+    if not ((first > starts).all() and (second < ends).all()
+            and (np.searchsorted(ends, first) == np.arange(len(starts))).all()
+            and (np.searchsorted(ends, second) == np.arange(len(starts))).all()):
+        return None
+    is_digit = (buf - ord("0")) < 10
+    allowed = is_digit | (buf == ord(" ")) | (buf == ord(",")) | (buf == ord("\n"))
+    odd = np.flatnonzero(~allowed)
+    if len(odd) and (odd < second[np.searchsorted(ends, odd)]).any():
+        return None
+    token_start = np.flatnonzero(is_digit & ~np.concatenate(([False], is_digit[:-1])))
+    token_end = np.flatnonzero(is_digit & ~np.concatenate((is_digit[1:], [False]))) + 1
+    per_row = np.diff(np.searchsorted(token_start, np.append(starts, len(buf))))
+    if (per_row != PIXELS + 1).any():
+        return None
+    length = token_end - token_start
+    if length.max() > 3:
+        return None
+    padded = np.append(buf, np.zeros(2, dtype=np.uint8))
+    digits = [padded[token_start + k].astype(np.int32) - ord("0") for k in range(3)]
+    values = np.where(length == 1, digits[0], np.where(
+        length == 2, digits[0] * 10 + digits[1], digits[0] * 100 + digits[1] * 10 + digits[2]))
+    values = values.reshape(len(starts), PIXELS + 1)
+    labels = values[:, 0].astype(np.int64)
+    if (first - starts != length.reshape(len(starts), -1)[:, 0]).any() or labels.max() >= 7:
+        return None
+    if values[:, 1:].max() > 255:
+        return None
+    usage = np.array([raw[header_end + 1 + a + 1:header_end + 1 + b].decode("ascii").strip()
+                      for a, b in zip(second, ends, strict=True)])
+    if not np.isin(usage, list(USAGE_TO_SPLIT)).all():
+        return None
+    images = values[:, 1:].astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    return images, labels, usage
+
+
+def _parse_csv_validating(path: Path, raw: bytes) -> FerDataset:
+    """pandas parse of ``emotion,pixels,Usage`` that names the first bad row and problem."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise FerensError(f"{path}: not an ASCII CSV ({exc})") from None
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

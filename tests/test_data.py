@@ -153,3 +153,18 @@ def test_real_fer2013_has_the_canonical_splits_and_class_counts():
     assert counts == {"train": [3995, 436, 4097, 7215, 4830, 3171, 4965],
                       "val": [467, 56, 496, 895, 653, 415, 607],
                       "test": [491, 55, 528, 879, 594, 416, 626]}
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_fast_byte_parser_agrees_with_the_validating_parser(tmp_path, tiny_rows, newline):
+    from ferens.data import _parse_canonical_bytes, _parse_csv_validating
+
+    text = "emotion,pixels,Usage" + newline + "".join(
+        f"{a},{b},{c}{newline}" for a, b, c in tiny_rows)
+    raw = text.encode()
+    images, labels, usage = _parse_canonical_bytes(raw)
+    slow = _parse_csv_validating(tmp_path / "x.csv", raw)
+    assert np.array_equal(images, slow.images) and np.array_equal(labels, slow.labels)
+    assert np.array_equal(usage, slow.usage)
+    assert _parse_canonical_bytes(raw.replace(b",Training", b",Train", 1)) is None
+    assert _parse_canonical_bytes(raw.replace(b" ", b"  1 ", 1)) is None
