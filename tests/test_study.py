@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ferens.errors import FerensError
+from ferens.study import lane_plan, load_study, run_study
+
+
+def _study_file(tmp_path, tiny_csv, members: str) -> object:
+    path = tmp_path / "study.toml"
+    path.write_text(f"""
+[study]
+results_dir = "{tmp_path / 'results'}"
+ensemble_methods = ["mean", "stack"]
+
+[defaults]
+data = "{tiny_csv}"
+out_dir = "{tmp_path / 'runs'}"
+width = 0.25
+epochs = 1
+batch_size = 16
+{members}""")
+    return path
+
+
+def test_lanes_default_to_one_single_thread_member_per_core():
+    assert lane_plan(pending=4, cores=2) == (2, 1)
+    assert lane_plan(pending=1, cores=2) == (1, 2)
+    assert lane_plan(pending=4, lanes=1, cores=2) == (1, 2)
+    assert lane_plan(pending=0, cores=2) == (1, 2)
+
+
+def test_study_file_errors_name_the_problem(tmp_path, tiny_csv):
+    bad = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\nimbalance = "smote"\n')
+    with pytest.raises(FerensError, match="imbalance='smote' is not one of"):
+        load_study(bad)
+    twice = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n[[members]]\nname = "a"\n')
+    with pytest.raises(FerensError, match="member names repeat"):
+        load_study(twice)
+
+
+@pytest.mark.slow
+def test_study_trains_members_side_by_side_then_ensembles_and_reports(tmp_path, tiny_csv):
+    path = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\nimbalance = "none"\n'
+                                           '[[members]]\nname = "b"\nimbalance = "focal"\n')
+    outcome = run_study(path, lanes=2)
+    results = tmp_path / "results"
+    assert outcome["failed"] == []
+    for name in ("a", "b"):
+        summary = json.loads((results / "members" / name / "summary.json").read_text())
+        assert summary["threads"] == 1
+        assert (results / "members" / name / "predictions" / "test.npz").is_file()
+        assert not (results / "members" / name / "best.safetensors").exists()
+    assert (results / "ensembles" / "stack" / "summary.json").is_file()
+    assert (results / "report" / "report.html").is_file()
+    # a second run trains nothing and finishes from the saved members
+    mtime = (tmp_path / "runs" / "a" / "summary.json").stat().st_mtime
+    assert run_study(path)["failed"] == []
+    assert (tmp_path / "runs" / "a" / "summary.json").stat().st_mtime == mtime
