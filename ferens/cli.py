@@ -9,6 +9,9 @@ import typer
 
 from ferens.errors import FerensError
 
+# Small numpy/scikit-learn work: one BLAS thread each, else a busy 2-core box slows 30x.
+SINGLE_THREAD_COMMANDS = ("ensemble", "report", "study")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Facial-expression recognition on FER2013.")
 
@@ -206,6 +209,9 @@ def main() -> None:
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if len(sys.argv) > 1 and sys.argv[1] in SINGLE_THREAD_COMMANDS:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
     try:
         app(standalone_mode=False)
     except FerensError as exc:

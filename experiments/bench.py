@@ -1,0 +1,275 @@
+"""ferens benchmark: speed ratios measured side by side in one run, written to results/bench.md.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python experiments/bench.py [--quick] [--out results/bench.md]
+
+Rows: training-loop efficiency (bare loop vs train_one_epoch), threads vs side-by-side lanes,
+channels_last, data parsing (cold/warm), inference with and without flip TTA, ensemble + report
+wall time for 10 members, and peak RSS. Medians over repeats with the spread (min-max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared/data/fer2013/fer2013.csv.gz"
+
+
+def median_spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def bare_loop_rate(model_name: str, width: float, batch: int, steps: int, threads: int,
+                   channels_last: bool = True) -> float:
+    """Images/s of forward+loss+backward+step on tensors already in memory."""
+    import torch
+
+    from ferens.models import create_member_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_member_model(model_name, width=width)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 1, 48, 48).contiguous(memory_format=fmt)
+    y = torch.randint(0, 7, (batch,))
+    for i in range(steps + 3):
+        if i == 3:
+            start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def ferens_epoch_rate(model_name: str, width: float, batch: int, steps: int,
+                      threads: int) -> float:
+    """Images/s of ferens' train_one_epoch (augmentation, sampling, loss, metrics) on real data."""
+    import torch
+
+    from ferens.config import TrainConfig
+    from ferens.data import load_fer2013
+    from ferens.losses import build_loss
+    from ferens.models import create_member_model
+    from ferens.train import build_optimizer, cosine_with_warmup, train_one_epoch
+
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(model=model_name, width=width, batch_size=batch, augment="light",
+                      threads=threads, epochs=1)
+    train = load_fer2013(DATA).split("train")
+    train = train.subset(np.arange((steps + 3) * batch))
+    torch.manual_seed(0)
+    model = create_member_model(model_name, width=width).to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg)
+    sched = cosine_with_warmup(opt, 1, steps + 3)
+    warm = train.subset(np.arange(3 * batch))
+    loss_fn = build_loss("none", train.class_counts())
+    train_one_epoch(model, loss_fn, opt, sched, warm, cfg, torch.device("cpu"), 1, False)
+    rest = train.subset(np.arange(3 * batch, len(train)))
+    return train_one_epoch(model, loss_fn, opt, sched, rest, cfg, torch.device("cpu"), 2,
+                           False)["images_per_second"]
+
+
+def child(args: list[str]) -> dict:
+    """Run a throughput measurement in a fresh process (own thread pool and RSS)."""
+    env = os.environ | {"OMP_NUM_THREADS": args[args.index("--threads") + 1]}
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
+                         text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_child(ns: argparse.Namespace) -> None:
+    if ns.kind == "bare":
+        rate = bare_loop_rate(ns.model, ns.width, ns.batch, ns.steps, ns.threads,
+                              channels_last=not ns.contiguous)
+    else:
+        rate = ferens_epoch_rate(ns.model, ns.width, ns.batch, ns.steps, ns.threads)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rate": rate, "rss_mb": rss}))
+
+
+def side_by_side(args: list[str], lanes: int) -> float:
+    """Total images/s of ``lanes`` single-thread children started together."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", *args, "--threads", "1"],
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(lanes)]
+    return sum(json.loads(p.communicate()[0].strip().splitlines()[-1])["rate"] for p in procs)
+
+
+def bench_training(repeats: int, steps: int, rows: list) -> None:
+    common = ["--model", "resnet18", "--width", "0.5", "--batch", "64", "--steps", str(steps)]
+    bare = [child(["--kind", "bare", *common, "--threads", "1"])["rate"] for _ in range(repeats)]
+    ours = [child(["--kind", "ferens", *common, "--threads", "1"]) for _ in range(repeats)]
+    rates = [o["rate"] for o in ours]
+    rows.append(("1. bare loop, resnet18 w0.5, batch 64, 1 thread (img/s)", median_spread(bare),
+                 ""))
+    rows.append(("1. ferens train_one_epoch, same (img/s)", median_spread(rates),
+                 f"ratio {statistics.median(rates) / statistics.median(bare):.2f} "
+                 "(target >= 0.90)"))
+    contiguous = [child(["--kind", "bare", *common, "--threads", "1", "--contiguous"])["rate"]
+                  for _ in range(repeats)]
+    rows.append(("2. bare loop without channels_last (img/s)", median_spread(contiguous),
+                 "channels_last gain "
+                 f"x{statistics.median(bare) / statistics.median(contiguous):.2f}"))
+    two = [child(["--kind", "bare", *common, "--threads", "2"])["rate"] for _ in range(repeats)]
+    pair = [side_by_side(["--kind", "bare", *common], 2) for _ in range(repeats)]
+    rows.append(("2. one member on 2 threads (img/s)", median_spread(two), ""))
+    rows.append(("2. two members side by side, 1 thread each (total img/s)", median_spread(pair),
+                 f"x{statistics.median(pair) / statistics.median(two):.2f} vs 2 threads"))
+    rows.append(("6. peak RSS of a training process (MB)",
+                 f"{max(o['rss_mb'] for o in ours):.0f}", "ferens train_one_epoch child"))
+
+
+def bench_data(repeats: int, rows: list) -> None:
+    from ferens.data import load_fer2013
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["FERENS_CACHE"] = cache
+        cold, warm = [], []
+        for _ in range(repeats):
+            for f in Path(cache).glob("*"):
+                f.unlink()
+            t = time.perf_counter()
+            load_fer2013(DATA)
+            cold.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            load_fer2013(DATA)
+            warm.append(time.perf_counter() - t)
+    rows.append(("3. cold parse of fer2013.csv.gz (s)", median_spread(cold), "target < 15 s"))
+    rows.append(("3. warm (cached) load (s)", f"{statistics.median(warm):.2f}", "target < 1 s"))
+
+
+def bench_inference(repeats: int, rows: list) -> None:
+    import torch
+
+    from ferens.config import TrainConfig
+    from ferens.data import load_fer2013
+    from ferens.models import create_member_model
+    from ferens.train import predict_logits
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    test = load_fer2013(DATA).split("test")
+    model = create_member_model("resnet18", width=0.5).eval()
+    for tta in ("none", "flip"):
+        for cl in (True, False):
+            m = model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            cfg = TrainConfig(tta=tta, channels_last=cl)
+            rates = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                predict_logits(m, test.images, cfg, torch.device("cpu"))
+                rates.append(len(test) / (time.perf_counter() - t))
+            rows.append((f"4. test prediction, tta={tta}, channels_last={cl}, "
+                         f"{torch.get_num_threads()} threads (img/s)", median_spread(rates), ""))
+
+
+def bench_ensemble_report(rows: list) -> None:
+    from ferens.data import load_fer2013
+    from ferens.ensemble import build_ensemble
+    from ferens.predictions import Predictions, save_predictions, write_json
+    from ferens.report import write_report
+
+    ds = load_fer2013(DATA)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        members = []
+        for i in range(10):
+            run = Path(tmp) / f"m{i}"
+            for split in ("val", "test"):
+                part = ds.split(split)
+                logits = rng.normal(size=(len(part), 7)) * 2
+                logits[np.arange(len(part)), part.labels] += rng.uniform(0.5, 2.5)
+                save_predictions(run / "predictions" / f"{split}.npz",
+                                 Predictions(logits, part.labels, part.row_ids))
+            write_json(run / "config.json", {"name": f"m{i}"})
+            members.append(run)
+        total = 0.0
+        for method in ("mean", "logit-mean", "weighted", "greedy", "stack"):
+            t = time.perf_counter()
+            build_ensemble(members, method=method, out=Path(tmp) / f"ens-{method}")
+            took = time.perf_counter() - t
+            total += took
+            rows.append((f"5. ferens ensemble --method {method}, 10 members (s)", f"{took:.1f}",
+                         ""))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t = time.perf_counter()
+        write_report(members, out=Path(tmp) / "report")
+        took = time.perf_counter() - t
+        rows.append(("5. ferens report, 10 members, no --data (s)", f"{took:.1f}",
+                     f"ensembles + report {total + took:.1f} s (target < 30 s)"))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rows.append(("6. peak RSS of the bench process after report (MB)", f"{rss:.0f}",
+                     f"{before:.0f} before the report"))
+
+
+def write_table(rows: list, out: Path, seconds: float) -> None:
+    import torch
+
+    head = [
+        "# ferens benchmark",
+        "",
+        f"Command: `OMP_WAIT_POLICY=PASSIVE .venv/bin/python experiments/bench.py` "
+        f"({seconds / 60:.1f} min).",
+        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}.",
+        "Values are medians with the (min-max) spread over repeats; ratios come from the same run.",
+        "",
+        "| measurement | value | note |",
+        "|---|---|---|",
+    ]
+    body = [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    out.write_text("\n".join(head + body) + "\n")
+    print("\n".join(head + body))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", default="bare")
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--contiguous", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
+    parser.add_argument("--only", default="training,data,inference,ensemble")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench.md")
+    ns = parser.parse_args()
+    if ns.child:
+        run_child(ns)
+        return
+    repeats, steps = (1, 10) if ns.quick else (3, 30)
+    rows: list = []
+    start = time.perf_counter()
+    parts = ns.only.split(",")
+    if "data" in parts:
+        bench_data(repeats, rows)
+    if "training" in parts:
+        bench_training(repeats, steps, rows)
+    if "inference" in parts:
+        bench_inference(repeats, rows)
+    if "ensemble" in parts:
+        bench_ensemble_report(rows)
+    write_table(rows, ns.out, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
