@@ -220,10 +220,8 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("ferens: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click/typer usage errors
             exc.show()
             sys.exit(exc.exit_code)
         raise
