@@ -1,0 +1,441 @@
+"""Self-contained model bundles: a member or ensemble folder packed for prediction on new faces.
+
+    >>> from ferens.bundle import export_bundle, load_bundle
+    >>> export_bundle("ensembles/best", "model.ferens", onnx=True)      # doctest: +SKIP
+    >>> load_bundle("model.ferens").predict_proba(faces)                # doctest: +SKIP
+
+A bundle is a folder::
+
+    manifest.json               format version, class names, how members are combined, checksums
+    members/<i>/config.json     the member's TrainConfig
+    members/<i>/model.safetensors
+    members/<i>/model.onnx      optional (export with onnx=True)
+
+Loading reads JSON and safetensors only (nothing is unpickled) and checks every file's SHA-256.
+The ``combiner`` in the manifest is a tree: a leaf ``{"member": i}`` gives member i's logits;
+an ensemble node gives log-probabilities from its inputs, exactly as ``ferens.ensemble`` did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.special import log_softmax, softmax
+from torch import nn
+
+from ferens.classes import CLASS_NAMES
+from ferens.config import TrainConfig
+from ferens.ensemble import (
+    MISSING_CLASS_LOG_PROB,
+    _ferens_version,
+    _fit_stacker,
+    _stack_features,
+    _weighted_log_mean,
+)
+from ferens.errors import FerensError
+from ferens.models import create_member_model
+from ferens.predictions import Run, load_run, read_json, write_json
+from ferens.train import predict_logits, select_device
+
+FORMAT = "ferens-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS_FILE = "best.safetensors"
+ONNX_OPSET = 17
+VERIFY_TOLERANCE = 1e-5
+BACKENDS = ("torch", "onnx")
+FACE_SIDE = 48
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+
+def combine_outputs(node: dict, member_logits: list[np.ndarray]) -> np.ndarray:
+    """Evaluate a combiner node: member logits for a leaf, log-probabilities for an ensemble."""
+    if "member" in node:
+        return np.asarray(member_logits[node["member"]], dtype=np.float64)
+    inputs = [combine_outputs(child, member_logits) for child in node["inputs"]]
+    temps = node.get("temperatures") or [1.0] * len(inputs)
+    log_probs = [log_softmax(x / t, axis=1) for x, t in zip(inputs, temps, strict=True)]
+    method = node["method"]
+    if method in ("mean", "weighted", "greedy"):
+        return _weighted_log_mean(log_probs, np.asarray(node["weights"], dtype=np.float64))
+    if method == "logit-mean":
+        return log_softmax(np.mean(log_probs, axis=0), axis=1)
+    if method == "stack":
+        return _stacker_log_probs(node["stacker"], log_probs)
+    raise FerensError(f"bundle combiner: unknown ensemble method {method!r}")
+
+
+def _stacker_log_probs(stacker: dict, log_probs: list[np.ndarray]) -> np.ndarray:
+    """The stacking logistic regression applied to member log-probabilities."""
+    x = (_stack_features(log_probs) - np.asarray(stacker["mean"])) / np.asarray(stacker["scale"])
+    scores = x @ np.asarray(stacker["coef"]).T + np.asarray(stacker["intercept"])
+    if scores.shape[1] == 1:
+        scores = np.column_stack([np.zeros(len(scores)), scores[:, 0]])
+    out = np.full((len(x), log_probs[0].shape[1]), MISSING_CLASS_LOG_PROB)
+    out[:, stacker["classes"]] = log_softmax(scores, axis=1)
+    return log_softmax(out, axis=1)
+
+
+def leaf_count(node: dict) -> int:
+    """Number of member leaves under a combiner node."""
+    return 1 if "member" in node else sum(leaf_count(c) for c in node["inputs"])
+
+
+
+@dataclass
+class _Plan:
+    """What an export collects while walking a run folder: member folders and the combiner."""
+
+    member_dirs: list[Path] = field(default_factory=list)
+
+    def add_member(self, path: Path) -> dict:
+        resolved = path.resolve()
+        if resolved not in self.member_dirs:
+            self.member_dirs.append(resolved)
+        return {"member": self.member_dirs.index(resolved)}
+
+
+def _member_path(ensemble_dir: Path, recorded: str) -> Path:
+    """A member path as recorded by `ferens ensemble`: as given, or relative to the ensemble."""
+    candidates = [Path(recorded), ensemble_dir / recorded, ensemble_dir.parent / recorded]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FerensError(f"{ensemble_dir}: member folder {recorded!r} not found (tried "
+                      + ", ".join(str(c) for c in candidates) + ")")
+
+
+def _plan_node(run_dir: Path, plan: _Plan) -> dict:
+    """The combiner node for a member or ensemble folder (recursing into ensemble members)."""
+    config = read_json(run_dir / "config.json")
+    if config.get("kind") != "ensemble":
+        for needed in (WEIGHTS_FILE, "summary.json"):
+            if not (run_dir / needed).is_file():
+                raise FerensError(f"{run_dir}: no {needed}; only finished train-member runs "
+                                  "(or ensembles of them) can be exported")
+        return plan.add_member(run_dir)
+    summary = read_json(run_dir / "summary.json")
+    names = [m["name"] for m in config["members"]]
+    dirs = [_member_path(run_dir, m["path"]) for m in config["members"]]
+    node = {"method": config["method"], "names": names,
+            "inputs": [_plan_node(d, plan) for d in dirs]}
+    temps = summary.get("temperatures")
+    if temps:
+        node["temperatures"] = [float(temps[n]["T"]) for n in names]
+    node |= _fitted_parameters(run_dir, config["method"], summary.get("details") or {}, names,
+                               dirs, node.get("temperatures"))
+    return node
+
+
+def _fitted_parameters(run_dir: Path, method: str, details: dict, names: list[str],
+                       dirs: list[Path], temps: list[float] | None) -> dict:
+    """Weights or stacker of an ensemble node, read from its summary.json details."""
+    if method == "mean":
+        return {"weights": [1.0 / len(names)] * len(names)}
+    if method == "logit-mean":
+        return {}
+    key = {"weighted": "weights", "greedy": "counts"}.get(method)
+    if key:
+        if set(details.get(key, {})) != set(names):
+            raise FerensError(f"{run_dir}/summary.json: details.{key} does not list every member")
+        return {"weights": [float(details[key][n]) for n in names]}
+    if method == "stack":
+        return {"stacker": _refit_stacker(run_dir, details, dirs, temps)}
+    raise FerensError(f"{run_dir}: ensemble method {method!r} cannot be exported")
+
+
+def _refit_stacker(run_dir: Path, details: dict, dirs: list[Path],
+                   temps: list[float] | None) -> dict:
+    """Refit the stacker on the members' saved val predictions with the recorded C.
+
+    summary.json keeps rounded coefficients and no standardisation, so the exact model is
+    rebuilt from the same inputs and checked against the recorded coefficients.
+    """
+    if "C" not in details or "coefficients" not in details:
+        raise FerensError(f"{run_dir}/summary.json: stack details lack C or coefficients")
+    members = [load_run(d) for d in dirs]
+    labels = members[0].val.labels
+    temps = temps or [1.0] * len(members)
+    log_probs = [log_softmax(_aligned_logits(m, "val", members[0]) / t, axis=1)
+                 for m, t in zip(members, temps, strict=True)]
+    model = _fit_stacker(_stack_features(log_probs), labels, float(details["C"]))
+    coef = model[-1].coef_
+    if not np.allclose(coef, np.asarray(details["coefficients"]), atol=1e-5):
+        raise FerensError(f"{run_dir}: refitting the stacker did not reproduce the recorded "
+                          "coefficients; were the member folders changed after `ferens ensemble`?")
+    return {"C": float(details["C"]), "classes": model.classes_.tolist(),
+            "mean": model[0].mean_.tolist(), "scale": model[0].scale_.tolist(),
+            "coef": coef.tolist(), "intercept": model[-1].intercept_.tolist()}
+
+
+def _aligned_logits(run: Run, split: str, ref: Run) -> np.ndarray:
+    """A run's saved logits for a split, reordered to the reference run's row ids."""
+    preds, want = run.splits[split], ref.splits[split].row_ids
+    order = {int(r): i for i, r in enumerate(preds.row_ids)}
+    try:
+        return preds.logits[[order[int(r)] for r in want]].astype(np.float64)
+    except KeyError as exc:
+        raise FerensError(f"{run.path}: {split} predictions lack row id {exc}") from None
+
+
+def _verify(run_dir: Path, combiner: dict, member_dirs: list[Path]) -> float:
+    """Max |probability| difference between the combiner on saved member test logits and the run."""
+    root = load_run(run_dir)
+    logits = [_aligned_logits(load_run(d), "test", root) for d in member_dirs]
+    diff = float(np.abs(softmax(combine_outputs(combiner, logits), axis=1)
+                        - root.test.probs).max())
+    if diff > VERIFY_TOLERANCE:
+        raise FerensError(f"{run_dir}: the exported combiner does not reproduce the saved test "
+                          f"predictions (max probability difference {diff:.2e})")
+    return diff
+
+
+def _write_member(src: Path, dest: Path, onnx: bool) -> dict:
+    """Copy one member's config and weights (and export ONNX); returns its manifest entry."""
+    cfg = TrainConfig.load(src / "config.json")
+    dest.mkdir(parents=True)
+    cfg.save(dest / "config.json")
+    shutil.copyfile(src / WEIGHTS_FILE, dest / "model.safetensors")
+    if onnx:
+        export_onnx(_build_model(cfg, dest / "model.safetensors", torch.device("cpu")), cfg,
+                    dest / "model.onnx")
+    summary = read_json(src / "summary.json") if (src / "summary.json").is_file() else {}
+    files = sorted(p.name for p in dest.iterdir())
+    return {"name": cfg.name, "source": str(src), "test_accuracy": summary.get("test", {}).get(
+        "accuracy"), "files": {f: sha256(dest / f) for f in files}}
+
+
+def export_onnx(model: nn.Module, cfg: TrainConfig, path: Path) -> Path:
+    """ONNX export of one member (NCHW float input in [-1, 1], dynamic batch axis)."""
+    side = cfg.crop_size or cfg.input_size
+    dummy = torch.zeros(2, 1, side, side)
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (dummy,), str(path), dynamo=False, input_names=["input"],
+                          output_names=["logits"], opset_version=ONNX_OPSET,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+def _prepare_out(out: Path) -> Path:
+    """A fresh temporary folder next to `out`; refuses to replace anything but a bundle."""
+    if out.exists() and not (out / MANIFEST).is_file() and (out.is_file() or any(out.iterdir())):
+        raise FerensError(f"{out}: exists and is not a ferens bundle; refusing to overwrite it")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False) -> Path:
+    """Pack a member or ensemble folder into a self-contained bundle folder at `out`."""
+    run_dir, out = Path(run_dir), Path(out)
+    if not run_dir.is_dir():
+        raise FerensError(f"{run_dir}: run folder not found")
+    plan = _Plan()
+    combiner = _plan_node(run_dir, plan)
+    verified = _verify(run_dir, combiner, plan.member_dirs) if "method" in combiner else None
+    tmp = _prepare_out(out)
+    try:
+        members = [_write_member(d, tmp / "members" / str(i), onnx)
+                   for i, d in enumerate(plan.member_dirs)]
+        config = read_json(run_dir / "config.json")
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "ferens_version": _ferens_version(), "torch": torch.__version__,
+            "name": config.get("name") or run_dir.name, "source": str(run_dir.resolve()),
+            "kind": "ensemble" if "method" in combiner else "member",
+            "method": combiner.get("method"), "class_names": _class_names(run_dir),
+            "onnx": onnx, "members": members, "combiner": combiner,
+            "verified_max_test_probability_difference": verified,
+        }
+        write_json(tmp / MANIFEST, manifest)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _class_names(run_dir: Path) -> list[str]:
+    """Class names from the run's saved test predictions."""
+    return list(load_run(run_dir).test.class_names)
+
+
+
+class _OnnxModule(nn.Module):
+    """An ONNX Runtime session behind the nn.Module call interface used by predict_logits."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FerensError("the onnx backend needs onnxruntime "
+                              "(pip install 'ferens[onnx]')") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {"input": batch})[0])
+
+
+@dataclass
+class BundleMember:
+    """One member of a loaded bundle: its config, PyTorch model and optional ONNX file."""
+
+    name: str
+    config: TrainConfig
+    model: nn.Module
+    onnx_path: Path | None
+    _onnx: _OnnxModule | None = None
+
+    def runner(self, backend: str) -> nn.Module:
+        if backend == "torch":
+            return self.model
+        if self.onnx_path is None:
+            raise FerensError(f"member {self.name}: the bundle has no ONNX model "
+                              "(export with --onnx)")
+        if self._onnx is None:
+            self._onnx = _OnnxModule(self.onnx_path)
+        return self._onnx
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: members, how to combine them, and the class names."""
+
+    path: Path
+    manifest: dict
+    members: list[BundleMember]
+    device: torch.device
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.manifest["class_names"])
+
+    def member_logits(self, faces: np.ndarray, backend: str = "torch",
+                      batch_size: int = 256) -> list[np.ndarray]:
+        """Each member's logits (with its own TTA) for uint8 faces (N,48,48)."""
+        if backend not in BACKENDS:
+            raise FerensError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+        faces = _check_faces(faces)
+        return [predict_logits(m.runner(backend), faces, m.config, self.device,
+                               batch_size=batch_size) for m in self.members]
+
+    def predict_log_proba(self, faces: np.ndarray, backend: str = "torch",
+                          batch_size: int = 256) -> np.ndarray:
+        """Log-probabilities (N,7) combined exactly as the exported member/ensemble did."""
+        outputs = combine_outputs(self.manifest["combiner"],
+                                  self.member_logits(faces, backend, batch_size))
+        return log_softmax(outputs, axis=1)
+
+    def predict_proba(self, faces: np.ndarray, backend: str = "torch",
+                      batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (N,7) for uint8 grayscale faces (N,48,48)."""
+        return np.exp(self.predict_log_proba(faces, backend, batch_size))
+
+
+def _check_faces(faces: np.ndarray) -> np.ndarray:
+    """Accept (N,48,48) or one (48,48) uint8 face."""
+    faces = np.asarray(faces)
+    if faces.ndim == 2:
+        faces = faces[None]
+    if faces.ndim != 3 or faces.shape[1:] != (FACE_SIDE, FACE_SIDE) or faces.dtype != np.uint8:
+        raise FerensError(f"faces must be uint8 of shape (N,48,48), got {faces.dtype} "
+                          f"{faces.shape}")
+    return faces
+
+
+def _build_model(cfg: TrainConfig, weights: Path, device: torch.device) -> nn.Module:
+    """The member architecture from its config with weights from a safetensors file."""
+    from safetensors.torch import load_file
+
+    model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as exc:
+        raise FerensError(f"{weights}: cannot load weights ({exc})") from None
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def _read_manifest(path: Path) -> dict:
+    """The manifest, checked for format and version before anything else is read."""
+    if not path.is_dir():
+        raise FerensError(f"{path}: bundle folder not found")
+    if not (path / MANIFEST).is_file():
+        raise FerensError(f"{path}: not a ferens bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FerensError(f"{path / MANIFEST}: corrupted manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FerensError(f"{path / MANIFEST}: not a ferens bundle manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise FerensError(
+            f"{path}: bundle format version {version} (written by ferens "
+            f"{manifest.get('ferens_version', '?')}) is not supported by ferens {_ferens_version()}"
+            f", which reads format version {FORMAT_VERSION}; re-export it with this version")
+    for key in ("members", "combiner", "class_names"):
+        if key not in manifest:
+            raise FerensError(f"{path / MANIFEST}: corrupted manifest (no {key!r})")
+    if leaf_count(manifest["combiner"]) < 1 or not manifest["members"]:
+        raise FerensError(f"{path / MANIFEST}: corrupted manifest (no members)")
+    return manifest
+
+
+def _check_files(folder: Path, files: dict[str, str]) -> None:
+    """Every listed file exists and has its recorded SHA-256."""
+    for name, digest in files.items():
+        file = folder / name
+        if not file.is_file():
+            raise FerensError(f"{file}: missing from the bundle")
+        if sha256(file) != digest:
+            raise FerensError(f"{file}: corrupted (SHA-256 differs from the manifest; "
+                              "truncated or modified?)")
+
+
+def load_bundle(path: str | Path, device: torch.device | None = None) -> Bundle:
+    """Load a bundle folder (JSON + safetensors only), rejecting other versions or damage."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    device = device or select_device()
+    if tuple(manifest["class_names"]) != CLASS_NAMES:
+        raise FerensError(f"{path}: class names {manifest['class_names']} are not FER2013's")
+    members = []
+    for i, entry in enumerate(manifest["members"]):
+        folder = path / "members" / str(i)
+        _check_files(folder, entry.get("files", {}))
+        for needed in ("config.json", "model.safetensors"):
+            if needed not in entry.get("files", {}):
+                raise FerensError(f"{path / MANIFEST}: member {i} lists no {needed}")
+        cfg = TrainConfig.load(folder / "config.json")
+        onnx_path = folder / "model.onnx" if "model.onnx" in entry["files"] else None
+        members.append(BundleMember(entry.get("name", cfg.name), cfg,
+                                    _build_model(cfg, folder / "model.safetensors", device),
+                                    onnx_path))
+    return Bundle(path, manifest, members, device)
