@@ -33,16 +33,10 @@ from torch import nn
 
 from ferens.classes import CLASS_NAMES
 from ferens.config import TrainConfig
-from ferens.ensemble import (
-    MISSING_CLASS_LOG_PROB,
-    _ferens_version,
-    _fit_stacker,
-    _stack_features,
-    _weighted_log_mean,
-)
+from ferens.ensemble import apply_combination, ferens_version, fitted_parameters
 from ferens.errors import FerensError
 from ferens.models import create_member_model
-from ferens.predictions import Run, load_run, read_json, write_json
+from ferens.predictions import Predictions, load_predictions, read_json, write_json
 from ferens.train import predict_logits, select_device
 
 FORMAT = "ferens-bundle"
@@ -72,25 +66,10 @@ def combine_outputs(node: dict, member_logits: list[np.ndarray]) -> np.ndarray:
     inputs = [combine_outputs(child, member_logits) for child in node["inputs"]]
     temps = node.get("temperatures") or [1.0] * len(inputs)
     log_probs = [log_softmax(x / t, axis=1) for x, t in zip(inputs, temps, strict=True)]
-    method = node["method"]
-    if method in ("mean", "weighted", "greedy"):
-        return _weighted_log_mean(log_probs, np.asarray(node["weights"], dtype=np.float64))
-    if method == "logit-mean":
-        return log_softmax(np.mean(log_probs, axis=0), axis=1)
-    if method == "stack":
-        return _stacker_log_probs(node["stacker"], log_probs)
-    raise FerensError(f"bundle combiner: unknown ensemble method {method!r}")
-
-
-def _stacker_log_probs(stacker: dict, log_probs: list[np.ndarray]) -> np.ndarray:
-    """The stacking logistic regression applied to member log-probabilities."""
-    x = (_stack_features(log_probs) - np.asarray(stacker["mean"])) / np.asarray(stacker["scale"])
-    scores = x @ np.asarray(stacker["coef"]).T + np.asarray(stacker["intercept"])
-    if scores.shape[1] == 1:
-        scores = np.column_stack([np.zeros(len(scores)), scores[:, 0]])
-    out = np.full((len(x), log_probs[0].shape[1]), MISSING_CLASS_LOG_PROB)
-    out[:, stacker["classes"]] = log_softmax(scores, axis=1)
-    return log_softmax(out, axis=1)
+    try:
+        return apply_combination(node["method"], node, log_probs)
+    except FerensError as exc:
+        raise FerensError(f"bundle combiner: {exc}") from None
 
 
 def leaf_count(node: dict) -> int:
@@ -139,68 +118,32 @@ def _plan_node(run_dir: Path, plan: _Plan) -> dict:
     temps = summary.get("temperatures")
     if temps:
         node["temperatures"] = [float(temps[n]["T"]) for n in names]
-    node |= _fitted_parameters(run_dir, config["method"], summary.get("details") or {}, names,
-                               dirs, node.get("temperatures"))
+    try:
+        node |= fitted_parameters(config["method"], summary.get("details") or {}, names)
+    except FerensError as exc:
+        raise FerensError(f"{run_dir}/summary.json: {exc}") from None
     return node
 
 
-def _fitted_parameters(run_dir: Path, method: str, details: dict, names: list[str],
-                       dirs: list[Path], temps: list[float] | None) -> dict:
-    """Weights or stacker of an ensemble node, read from its summary.json details."""
-    if method == "mean":
-        return {"weights": [1.0 / len(names)] * len(names)}
-    if method == "logit-mean":
-        return {}
-    key = {"weighted": "weights", "greedy": "counts"}.get(method)
-    if key:
-        if set(details.get(key, {})) != set(names):
-            raise FerensError(f"{run_dir}/summary.json: details.{key} does not list every member")
-        return {"weights": [float(details[key][n]) for n in names]}
-    if method == "stack":
-        return {"stacker": _refit_stacker(run_dir, details, dirs, temps)}
-    raise FerensError(f"{run_dir}: ensemble method {method!r} cannot be exported")
+def _test_predictions(run_dir: Path) -> Predictions:
+    """A run's saved test predictions (the only split an export reads)."""
+    return load_predictions(run_dir / "predictions" / "test.npz")
 
 
-def _refit_stacker(run_dir: Path, details: dict, dirs: list[Path],
-                   temps: list[float] | None) -> dict:
-    """Refit the stacker on the members' saved val predictions with the recorded C.
-
-    summary.json keeps rounded coefficients and no standardisation, so the exact model is
-    rebuilt from the same inputs and checked against the recorded coefficients.
-    """
-    if "C" not in details or "coefficients" not in details:
-        raise FerensError(f"{run_dir}/summary.json: stack details lack C or coefficients")
-    members = [load_run(d) for d in dirs]
-    labels = members[0].val.labels
-    temps = temps or [1.0] * len(members)
-    log_probs = [log_softmax(_aligned_logits(m, "val", members[0]) / t, axis=1)
-                 for m, t in zip(members, temps, strict=True)]
-    model = _fit_stacker(_stack_features(log_probs), labels, float(details["C"]))
-    coef = model[-1].coef_
-    if not np.allclose(coef, np.asarray(details["coefficients"]), atol=1e-5):
-        raise FerensError(f"{run_dir}: refitting the stacker did not reproduce the recorded "
-                          "coefficients; were the member folders changed after `ferens ensemble`?")
-    return {"C": float(details["C"]), "classes": model.classes_.tolist(),
-            "mean": model[0].mean_.tolist(), "scale": model[0].scale_.tolist(),
-            "coef": coef.tolist(), "intercept": model[-1].intercept_.tolist()}
-
-
-def _aligned_logits(run: Run, split: str, ref: Run) -> np.ndarray:
-    """A run's saved logits for a split, reordered to the reference run's row ids."""
-    preds, want = run.splits[split], ref.splits[split].row_ids
+def _aligned_logits(preds: Predictions, want: np.ndarray, where: Path) -> np.ndarray:
+    """Saved logits reordered to the row ids `want`."""
     order = {int(r): i for i, r in enumerate(preds.row_ids)}
     try:
         return preds.logits[[order[int(r)] for r in want]].astype(np.float64)
     except KeyError as exc:
-        raise FerensError(f"{run.path}: {split} predictions lack row id {exc}") from None
+        raise FerensError(f"{where}: test predictions lack row id {exc}") from None
 
 
 def _verify(run_dir: Path, combiner: dict, member_dirs: list[Path]) -> float:
     """Max |probability| difference between the combiner on saved member test logits and the run."""
-    root = load_run(run_dir)
-    logits = [_aligned_logits(load_run(d), "test", root) for d in member_dirs]
-    diff = float(np.abs(softmax(combine_outputs(combiner, logits), axis=1)
-                        - root.test.probs).max())
+    root = _test_predictions(run_dir)
+    logits = [_aligned_logits(_test_predictions(d), root.row_ids, d) for d in member_dirs]
+    diff = float(np.abs(softmax(combine_outputs(combiner, logits), axis=1) - root.probs).max())
     if diff > VERIFY_TOLERANCE:
         raise FerensError(f"{run_dir}: the exported combiner does not reproduce the saved test "
                           f"predictions (max probability difference {diff:.2e})")
@@ -260,7 +203,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False) -> P
         config = read_json(run_dir / "config.json")
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "ferens_version": _ferens_version(), "torch": torch.__version__,
+            "ferens_version": ferens_version(), "torch": torch.__version__,
             "name": config.get("name") or run_dir.name, "source": str(run_dir.resolve()),
             "kind": "ensemble" if "method" in combiner else "member",
             "method": combiner.get("method"), "class_names": _class_names(run_dir),
@@ -277,7 +220,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False) -> P
 
 def _class_names(run_dir: Path) -> list[str]:
     """Class names from the run's saved test predictions."""
-    return list(load_run(run_dir).test.class_names)
+    return list(_test_predictions(run_dir).class_names)
 
 
 
@@ -398,7 +341,7 @@ def _read_manifest(path: Path) -> dict:
     if version != FORMAT_VERSION:
         raise FerensError(
             f"{path}: bundle format version {version} (written by ferens "
-            f"{manifest.get('ferens_version', '?')}) is not supported by ferens {_ferens_version()}"
+            f"{manifest.get('ferens_version', '?')}) is not supported by ferens {ferens_version()}"
             f", which reads format version {FORMAT_VERSION}; re-export it with this version")
     for key in ("members", "combiner", "class_names"):
         if key not in manifest:

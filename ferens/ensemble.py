@@ -3,6 +3,9 @@
 Everything is fitted on the val split only; test labels are read solely to report metrics.
 An ensemble folder has the same layout as a member (see ``ferens.predictions``), with
 log-probabilities stored as ``logits``, so it can itself be a member of a further ensemble.
+Its summary.json keeps every fitted parameter (``details``: weights, greedy counts, the full
+stacker; ``temperatures``: each member's T), so ``fitted_parameters`` and ``apply_combination``
+apply the ensemble to new member log-probabilities without refitting.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, logsumexp
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ferens.errors import FerensError
@@ -158,12 +161,18 @@ def fit_simplex_weights(val_log_probs: list[np.ndarray], labels: np.ndarray) -> 
     return _weights_from_logits(res.x)
 
 
-def _weighted_log_mean(log_probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+def weighted_log_mean(log_probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     """Log of the weighted average of member probabilities, computed in log space."""
+    weights = np.asarray(weights, dtype=np.float64)
     stacked = np.stack(log_probs)
     keep = weights > 0
     b = weights[keep][:, None, None]
     return logsumexp(stacked[keep], axis=0, b=b) - np.log(weights[keep].sum())
+
+
+def logit_mean(log_probs: list[np.ndarray]) -> np.ndarray:
+    """Log-softmax of the mean member log-probabilities (a geometric mean of probabilities)."""
+    return log_softmax(np.mean(log_probs, axis=0), axis=1)
 
 
 def _greedy_score(probs: np.ndarray, labels: np.ndarray, metric: str) -> tuple[float, ...]:
@@ -193,24 +202,35 @@ def greedy_selection(val_log_probs: list[np.ndarray], labels: np.ndarray,
     return best_picks
 
 
-def _stack_features(log_probs: list[np.ndarray]) -> np.ndarray:
+def stack_features(log_probs: list[np.ndarray], floor: float = STACK_FEATURE_FLOOR) -> np.ndarray:
     """Concatenated member log-probabilities, floored so near-zero probabilities stay bounded."""
-    return np.maximum(np.concatenate(log_probs, axis=1), STACK_FEATURE_FLOOR)
+    return np.maximum(np.concatenate(log_probs, axis=1), floor)
 
 
-def _stacker_log_probs(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray:
+def _stacker_output(params: dict, x: np.ndarray, n_classes: int) -> np.ndarray:
     """Stacker log-probabilities over all classes; classes unseen in training get a tiny mass."""
-    scores = model.decision_function(x)
-    if scores.ndim == 1:
-        scores = np.column_stack([np.zeros_like(scores), scores])
+    z = (x - np.asarray(params["mean"])) / np.asarray(params["scale"])
+    scores = z @ np.asarray(params["coef"]).T + np.asarray(params["intercept"])
+    if scores.shape[1] == 1:
+        scores = np.column_stack([np.zeros(len(scores)), scores[:, 0]])
     out = np.full((len(x), n_classes), MISSING_CLASS_LOG_PROB)
-    out[:, model.classes_] = log_softmax(scores, axis=1)
+    out[:, params["classes"]] = log_softmax(scores, axis=1)
     return log_softmax(out, axis=1)
 
 
-def _fit_stacker(x: np.ndarray, y: np.ndarray, c: float) -> Pipeline:
-    """Multinomial logistic regression on standardised member log-probabilities (fast lbfgs)."""
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x, y)
+def apply_stacker(params: dict, member_log_probs: list[np.ndarray]) -> np.ndarray:
+    """Log-probabilities of a fitted stacker (parameters as saved by `fit_stack`) on members."""
+    x = stack_features(member_log_probs, params.get("feature_floor", STACK_FEATURE_FLOOR))
+    return _stacker_output(params, x, member_log_probs[0].shape[1])
+
+
+def _fit_stacker(x: np.ndarray, y: np.ndarray, c: float) -> dict:
+    """Multinomial logistic regression on standardised features, as JSON-ready parameters."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x, y)
+    scaler, logreg = model
+    return {"C": c, "classes": logreg.classes_.tolist(), "feature_floor": STACK_FEATURE_FLOOR,
+            "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+            "coef": logreg.coef_.tolist(), "intercept": logreg.intercept_.tolist()}
 
 
 def _stack_folds(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -225,7 +245,7 @@ def _out_of_fold(x: np.ndarray, y: np.ndarray, c: float, folds: list, n_classes:
     """Val log-probabilities where each row comes from a stacker that never saw it."""
     out = np.empty((len(y), n_classes))
     for train, held in folds:
-        out[held] = _stacker_log_probs(_fit_stacker(x[train], y[train], c), x[held], n_classes)
+        out[held] = _stacker_output(_fit_stacker(x[train], y[train], c), x[held], n_classes)
     return out
 
 
@@ -235,7 +255,7 @@ def fit_stack(val_log_probs: list[np.ndarray], labels: np.ndarray, test_log_prob
     if len(np.unique(labels)) < 2:
         raise FerensError("stack needs at least two classes among the val labels")
     n_classes = val_log_probs[0].shape[1]
-    x_val, x_test = _stack_features(val_log_probs), _stack_features(test_log_probs)
+    x_val = stack_features(val_log_probs)
     folds = _stack_folds(labels, seed)
     cv_nll: dict[str, float] = {}
     oof = None
@@ -246,41 +266,64 @@ def fit_stack(val_log_probs: list[np.ndarray], labels: np.ndarray, test_log_prob
         c = min(candidates, key=lambda cc: nll(candidates[cc], labels))
         oof = candidates[c]
     c = 1.0 if c is None else c
-    model = _fit_stacker(x_val, labels, c)
+    stacker = _fit_stacker(x_val, labels, c)
     if oof is None:
-        oof = _stacker_log_probs(model, x_val, n_classes)
+        oof = _stacker_output(stacker, x_val, n_classes)
     details = {"C": c, "C_grid": list(STACK_C_GRID), "cv_folds": len(folds), "cv_nll": cv_nll,
                "val_predictions": "out-of-fold" if folds else "in-sample",
-               "classes": model.classes_.tolist(),
                "features": "standardised member log-probabilities, member-major",
-               "coefficients": model[-1].coef_.round(6).tolist(),
-               "intercepts": model[-1].intercept_.round(6).tolist()}
-    return oof, _stacker_log_probs(model, x_test, n_classes), details
+               "stacker": stacker}
+    return oof, apply_stacker(stacker, test_log_probs), details
+
+
+def apply_combination(method: str, params: dict, member_log_probs: list[np.ndarray]) -> np.ndarray:
+    """Combined log-probabilities of a fitted method; `params` as from `fitted_parameters`."""
+    if method in ("mean", "weighted", "greedy"):
+        return weighted_log_mean(member_log_probs, params["weights"])
+    if method == "logit-mean":
+        return logit_mean(member_log_probs)
+    if method == "stack":
+        return apply_stacker(params["stacker"], member_log_probs)
+    raise FerensError(f"unknown ensemble method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def fitted_parameters(method: str, details: dict, names: list[str]) -> dict:
+    """What `apply_combination` needs, read from a saved ensemble's summary details."""
+    if method == "mean":
+        return {"weights": [1.0 / len(names)] * len(names)}
+    if method == "logit-mean":
+        return {}
+    key = {"weighted": "weights", "greedy": "counts"}.get(method)
+    if key:
+        if set(details.get(key, {})) != set(names):
+            raise FerensError(f"details.{key} does not list every member")
+        return {"weights": [float(details[key][n]) for n in names]}
+    if method == "stack":
+        if "stacker" not in details:
+            raise FerensError("details hold no fitted stacker (written by an older ferens); "
+                              "rebuild the ensemble with `ferens ensemble`")
+        return {"stacker": details["stacker"]}
+    raise FerensError(f"unknown ensemble method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def _combine_log_probs(method: str, val_lp: list[np.ndarray], test_lp: list[np.ndarray],
                        labels: np.ndarray, names: list[str], seed: int, greedy_metric: str,
                        stack_c: float | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Fit `method` on val log-probabilities of any number of members; apply to val and test."""
-    if method == "mean":
-        w = np.full(len(val_lp), 1.0 / len(val_lp))
-        return _weighted_log_mean(val_lp, w), _weighted_log_mean(test_lp, w), {}
-    if method == "logit-mean":
-        return (log_softmax(np.mean(val_lp, axis=0), axis=1),
-                log_softmax(np.mean(test_lp, axis=0), axis=1), {})
+    if method == "stack":
+        return fit_stack(val_lp, labels, test_lp, seed=seed, c=stack_c)
+    details: dict = {}
     if method == "weighted":
         w = fit_simplex_weights(val_lp, labels)
         details = {"weights": {n: float(x) for n, x in zip(names, w, strict=True)}}
-        return _weighted_log_mean(val_lp, w), _weighted_log_mean(test_lp, w), details
-    if method == "greedy":
+    elif method == "greedy":
         picks = greedy_selection(val_lp, labels, greedy_metric)
-        counts = np.bincount(picks, minlength=len(val_lp)).astype(float)
+        counts = np.bincount(picks, minlength=len(val_lp))
         details = {"metric": greedy_metric, "picks": [names[p] for p in picks],
                    "counts": {n: int(k) for n, k in zip(names, counts, strict=True)}}
-        return _weighted_log_mean(val_lp, counts), _weighted_log_mean(test_lp, counts), details
-    if method == "stack":
-        return fit_stack(val_lp, labels, test_lp, seed=seed, c=stack_c)
-    raise FerensError(f"unknown ensemble method {method!r}; choose one of {', '.join(METHODS)}")
+    params = fitted_parameters(method, details, names)
+    return (apply_combination(method, params, val_lp),
+            apply_combination(method, params, test_lp), details)
 
 
 def _check_method(method: str, greedy_metric: str) -> None:
@@ -366,7 +409,7 @@ def disagreement(members: list[Run], names: list[str]) -> list[dict]:
     return rows
 
 
-def _ferens_version() -> str:
+def ferens_version() -> str:
     """Installed ferens version, or 'unknown' when running from an uninstalled checkout."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -426,7 +469,7 @@ def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
               "members": [{"name": n, "path": str(d)}
                           for n, d in zip(result.members, run_dirs, strict=True)],
               "options": {"temperature": temperature, "seed": seed, "greedy_metric": greedy_metric},
-              "ferens_version": _ferens_version()}
+              "ferens_version": ferens_version()}
     summary = _summary(out.name, members, result, loo)
     for split, preds in result.splits.items():
         save_predictions(out / "predictions" / f"{split}.npz", preds)

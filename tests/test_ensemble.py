@@ -9,14 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.special import log_softmax
 
 from ferens import cli, ensemble
 from ferens.ensemble import (
     METHODS,
+    apply_combination,
     build_ensemble,
     combine,
     fit_temperature,
+    fitted_parameters,
 )
+from ferens.errors import FerensError
 from ferens.predictions import (
     Predictions,
     load_run,
@@ -221,6 +225,31 @@ def test_summary_reports_members_leave_one_out_and_disagreement(tmp_path):
     assert s["details"]["C"] in s["details"]["C_grid"]
     assert s["seconds"] >= 0
     np.testing.assert_array_equal(run.test.row_ids, TEST_IDS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_saved_parameters_reproduce_test_predictions_from_member_test_logits_alone(tmp_path,
+                                                                                  method):
+    paths = complementary_members(tmp_path)
+    run = build_ensemble(paths, method=method, out=tmp_path / "ens", temperature=True)
+    saved = read_json(run.path / "summary.json")
+    temps = [saved["temperatures"][n]["T"] for n in saved["members"]]
+    log_probs = [log_softmax(load_run(p).test.logits.astype(np.float64) / t, axis=1)
+                 for p, t in zip(paths, temps, strict=True)]
+    params = fitted_parameters(method, saved["details"], saved["members"])
+    out = apply_combination(method, params, log_probs)
+    np.testing.assert_allclose(np.exp(out), run.test.probs, atol=1e-6)
+
+
+def test_stack_details_keep_the_full_precision_stacker(tmp_path):
+    run = build_ensemble(complementary_members(tmp_path), method="stack", out=tmp_path / "ens")
+    stacker = read_json(run.path / "summary.json")["details"]["stacker"]
+    assert set(stacker) == {"C", "classes", "feature_floor", "mean", "scale", "coef",
+                            "intercept"}
+    assert np.shape(stacker["coef"]) == (7, 21) and np.shape(stacker["mean"]) == (21,)
+    assert stacker["classes"] == list(range(7))
+    with pytest.raises(FerensError, match="rebuild the ensemble"):
+        fitted_parameters("stack", {"C": 1.0}, ["a", "b", "c"])
 
 
 @pytest.mark.slow

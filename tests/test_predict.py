@@ -108,6 +108,26 @@ def test_ensemble_bundle_reproduces_the_ensembles_saved_test_probabilities(ws, t
     assert np.abs(bundle.predict_proba(ws.test_images) - ens.test.probs).max() < 1e-5
 
 
+def test_stack_bundle_is_exported_from_saved_parameters_without_member_val_predictions(
+        ws, tmp_path):
+    members = [shutil.copytree(m, tmp_path / m.name) for m in (ws.member_a, ws.member_b)]
+    ens = build_ensemble(members, method="stack", out=tmp_path / "ens", temperature=True)
+    for path in [*members, ens.path]:
+        (path / "predictions" / "val.npz").unlink()
+    bundle = load_bundle(export_bundle(ens.path, tmp_path / "ens.ferens"))
+    assert bundle.manifest["combiner"]["stacker"] == ens.summary["details"]["stacker"]
+    assert np.abs(bundle.predict_proba(ws.test_images) - ens.test.probs).max() < 1e-5
+
+
+def test_stack_ensemble_without_saved_stacker_asks_to_rebuild_it(ws, tmp_path):
+    ens = build_ensemble([ws.member_a, ws.member_b], method="stack", out=tmp_path / "ens")
+    summary = json.loads((ens.path / "summary.json").read_text())
+    del summary["details"]["stacker"]
+    (ens.path / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(FerensError, match="rebuild the ensemble"):
+        export_bundle(ens.path, tmp_path / "ens.ferens")
+
+
 def test_nested_ensemble_exports_its_tree_of_members(ws, tmp_path):
     inner = build_ensemble([ws.member_a, ws.member_b], "weighted", out=tmp_path / "inner")
     outer = build_ensemble([inner.path, ws.member_a], "logit-mean", out=tmp_path / "outer")
