@@ -3,8 +3,10 @@
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python experiments/bench.py [--quick] [--out results/bench.md]
 
 Rows: training-loop efficiency (bare loop vs train_one_epoch), threads vs side-by-side lanes,
-channels_last, data parsing (cold/warm), inference with and without flip TTA, ensemble + report
-wall time for 10 members, and peak RSS. Medians over repeats with the spread (min-max).
+channels_last, data parsing (cold/warm), inference with and without flip TTA, bundle prediction
+(PyTorch vs ONNX Runtime, batched vs one image per call), `ferens predict --no-detect` on the
+3,589 test crops as PNG files, ensemble + report wall time for 10 members, and peak RSS.
+Medians over repeats with the spread (min-max).
 """
 
 from __future__ import annotations
@@ -19,14 +21,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
+if TYPE_CHECKING:
+    from ferens.data import FerDataset
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data/fer2013/fer2013.csv.gz"
+PREDICT_CONFIG = ROOT / "experiments/ablation/none.toml"
+TRAINED_MEMBER = ROOT / "runs/ablation-none"
+FER_PACKAGE_RATE = "about 1,900"
 
 
 def median_spread(values: list[float]) -> str:
@@ -179,6 +189,98 @@ def bench_inference(repeats: int, rows: list) -> None:
                          f"{torch.get_num_threads()} threads (img/s)", median_spread(rates), ""))
 
 
+def fresh_member(folder: Path, test: FerDataset) -> Path:
+    """A member folder with untrained weights and the ablation-none config (speed is the same)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ferens.config import TrainConfig
+    from ferens.models import create_member_model
+    from ferens.predictions import Predictions, save_predictions, write_json
+
+    values = tomllib.loads(PREDICT_CONFIG.read_text())["member"]
+    cfg = TrainConfig.from_dict(values | {"out_dir": str(folder)}, source=str(PREDICT_CONFIG))
+    torch.manual_seed(cfg.seed)
+    model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate)
+    cfg.run_dir.mkdir(parents=True)
+    cfg.save(cfg.run_dir / "config.json")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(cfg.run_dir / "best.safetensors"))
+    write_json(cfg.run_dir / "summary.json", {"name": cfg.name, "kind": "member"})
+    save_predictions(cfg.run_dir / "predictions" / "test.npz",
+                     Predictions(np.zeros((len(test), 7), np.float32), test.labels, test.row_ids))
+    return cfg.run_dir
+
+
+def bench_member(folder: Path, test: FerDataset) -> tuple[Path, str]:
+    """runs/ablation-none when finished (read only), else a fresh member; and which one it is."""
+    if (TRAINED_MEMBER / "summary.json").is_file():
+        return TRAINED_MEMBER, "runs/ablation-none weights"
+    config = PREDICT_CONFIG.relative_to(ROOT)
+    return fresh_member(folder, test), f"untrained weights, config of {config}"
+
+
+def cli_predict(bundle: Path, crops: Path, out: Path, backend: str, threads: int) -> dict:
+    """Wall time of one `ferens predict --no-detect` process and its own prediction time."""
+    cmd = [sys.executable, "-c", "from ferens.cli import main; main()", "predict", str(bundle),
+           str(crops), "--no-detect", "--out", str(out), "--backend", backend,
+           "--threads", str(threads)]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    wall = time.perf_counter() - t
+    summary = json.loads((out / "predictions.json").read_text())["summary"]
+    return {"wall": wall, "predict": summary["seconds"], "faces": summary["faces"]}
+
+
+def bench_predict(repeats: int, rows: list) -> None:
+    """Bundle prediction on the 3,589 test crops, in memory (4.) and through the CLI (7.)."""
+    import torch
+
+    from ferens.bundle import export_bundle, load_bundle
+    from ferens.data import load_fer2013
+    from ferens.predict import measure_throughput, save_face_crops
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    test = load_fer2013(DATA).split("test")
+    with tempfile.TemporaryDirectory() as tmp:
+        member, weights = bench_member(Path(tmp) / "runs", test)
+        path = export_bundle(member, Path(tmp) / "bench.ferens", onnx=True)
+        bundle = load_bundle(path, torch.device("cpu"))
+        cfg = bundle.members[0].config
+        params = sum(p.numel() for p in bundle.members[0].model.parameters())
+        what = (f"{cfg.model} w{cfg.width:g}, {params / 1e6:.2f}M params, tta={cfg.tta}; "
+                f"{weights}")
+        for backend in ("torch", "onnx"):
+            for per_image in (False, True):
+                rates = [measure_throughput(bundle, test.images, 256, backend,
+                                            per_image)["images_per_second"]
+                         for _ in range(repeats)]
+                call = "one image per call" if per_image else "batch 256"
+                rows.append((f"4. bundle predict_proba on {len(test):,} test crops, {backend}, "
+                             f"{call}, {threads} threads (img/s)", median_spread(rates), what))
+        crops = Path(tmp) / "crops"
+        save_face_crops(test.images, crops)
+        for backend in ("torch", "onnx"):
+            runs = [cli_predict(path, crops, Path(tmp) / f"pred-{backend}", backend, threads)
+                    for _ in range(repeats)]
+            if any(r["faces"] != len(test) for r in runs):
+                raise RuntimeError(f"ferens predict returned {runs[0]['faces']} rows, "
+                                   f"not {len(test)}")
+            rows.append((f"7. ferens predict --no-detect, {len(test):,} PNG crops, --backend "
+                         f"{backend}: predict_images (img/s)",
+                         median_spread([len(test) / r["predict"] for r in runs]),
+                         "reading the PNGs + batched prediction (batch 256)"))
+            walls = [r["wall"] for r in runs]
+            rows.append((f"7. same, whole CLI process wall time (s), --backend {backend}",
+                         median_spread(walls),
+                         f"{len(test) / statistics.median(walls):.0f} img/s including Python, "
+                         "imports, bundle load, CSV/JSON"))
+    rows.append(("7. fer package's model, one image per call (img/s)", FER_PACKAGE_RATE,
+                 "earlier measurement on this machine, not re-measured here: quantised "
+                 "58k-parameter net"))
+
+
 def bench_ensemble_report(rows: list) -> None:
     from ferens.data import load_fer2013
     from ferens.ensemble import build_ensemble
@@ -250,7 +352,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--contiguous", action="store_true")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
-    parser.add_argument("--only", default="training,data,inference,ensemble")
+    parser.add_argument("--only", default="training,data,inference,predict,ensemble")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench.md")
     ns = parser.parse_args()
     if ns.child:
@@ -266,6 +368,8 @@ def main() -> None:
         bench_training(repeats, steps, rows)
     if "inference" in parts:
         bench_inference(repeats, rows)
+    if "predict" in parts:
+        bench_predict(repeats, rows)
     if "ensemble" in parts:
         bench_ensemble_report(rows)
     write_table(rows, ns.out, time.perf_counter() - start)
