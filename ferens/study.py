@@ -93,6 +93,14 @@ def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
     return dest
 
 
+def collect_finished(study: Study) -> list[str]:
+    """Copy every finished member's small outputs into results; returns their names."""
+    done = [cfg for cfg in study.members if is_finished(cfg)]
+    for cfg in done:
+        collect_member(cfg, study.results_dir)
+    return [cfg.name for cfg in done]
+
+
 def _launch(cfg: TrainConfig, threads: int) -> subprocess.Popen:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     spec = cfg.run_dir.parent / f"{cfg.name}.study.json"
@@ -107,9 +115,7 @@ def _launch(cfg: TrainConfig, threads: int) -> subprocess.Popen:
 def train_members(study: Study, lanes: int | None = None, poll: float = 5.0) -> list[str]:
     """Train every unfinished member, ``lanes`` at a time; returns the names that failed."""
     pending = [m for m in study.members if not is_finished(m)]
-    for cfg in study.members:
-        if is_finished(cfg):
-            collect_member(cfg, study.results_dir)
+    collect_finished(study)
     n_lanes, threads = lane_plan(len(pending), lanes if lanes is not None else study.lanes)
     _say(f"{len(study.members) - len(pending)} finished, {len(pending)} to train "
          f"({n_lanes} lane(s) x {threads} thread(s)); logs in <out_dir>/<name>.log")
@@ -169,7 +175,11 @@ def combine_and_report(study: Study) -> dict:
 def run_study(path: str | Path, lanes: int | None = None, train: bool = True) -> dict:
     """Train what is missing, then ensemble and report; safe to re-run at any point."""
     study = load_study(path)
-    failed = train_members(study, lanes) if train else []
+    if train:
+        failed = train_members(study, lanes)
+    else:
+        failed = []
+        _say(f"collected finished members: {collect_finished(study)}")
     outcome = combine_and_report(study)
     outcome["failed"] = failed
     return outcome
