@@ -88,7 +88,7 @@ def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerDatas
     ds = _parse_csv(path)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + ".tmp.npz")
+        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp.npz")
         np.savez(tmp, images=ds.images, labels=ds.labels, usage=ds.usage, row_ids=ds.row_ids)
         os.replace(tmp, cache_file)
     return ds

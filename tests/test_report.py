@@ -460,3 +460,15 @@ def test_report_renders_in_headless_chromium(report_without_data, tmp_path):
     assert pixels.shape[:2] == (2000, 1200)
     assert pixels[..., :3].std() > 0.05
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_per_class_recall_interval_is_wilson_and_contains_the_recall():
+    from ferens.reporting.metrics import recall_interval
+
+    low, high = recall_interval(23, 55)
+    assert low < 23 / 55 < high
+    p, n, z = 23 / 55, 55, 1.959964
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-5)
+    assert recall_interval(0, 0) == [None, None]

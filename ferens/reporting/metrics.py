@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 from imblearn.metrics import geometric_mean_score
+from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -124,11 +125,24 @@ def per_class(preds: Predictions) -> dict[str, dict[str, float]]:
     report = classification_report(
         preds.labels, preds.predicted, labels=list(range(len(preds.class_names))),
         target_names=list(preds.class_names), output_dict=True, zero_division=0)
-    return {name: {"precision": float(report[name]["precision"]),
-                   "recall": float(report[name]["recall"]),
-                   "f1": float(report[name]["f1-score"]),
-                   "support": int(report[name]["support"])}
-            for name in preds.class_names}
+    out = {}
+    for i, name in enumerate(preds.class_names):
+        support = int(report[name]["support"])
+        hits = int(((preds.labels == i) & (preds.predicted == i)).sum())
+        out[name] = {"precision": float(report[name]["precision"]),
+                     "recall": float(report[name]["recall"]),
+                     "recall_ci": recall_interval(hits, support),
+                     "f1": float(report[name]["f1-score"]),
+                     "support": support}
+    return out
+
+
+def recall_interval(hits: int, support: int, level: float = CI_LEVEL) -> list[float | None]:
+    """Wilson score interval of a class recall (hits out of support); None without support."""
+    if support == 0:
+        return [None, None]
+    ci = binomtest(hits, support).proportion_ci(confidence_level=level, method="wilson")
+    return [float(ci.low), float(ci.high)]
 
 
 def confusion(preds: Predictions) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,86 @@
+"""Markdown tables of a finished study, from its committed report metrics and summaries.
+
+    .venv/bin/python experiments/study_tables.py results/study > results/study/tables.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def ci(entry: dict) -> str:
+    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+
+
+def mcnemar_p(metrics: dict, a: str, b: str) -> str:
+    for row in (metrics.get("comparison") or {}).get("mcnemar", []):
+        if {row["a"], row["b"]} == {a, b}:
+            return f"{row['p_value']:.3g}"
+    return "-"
+
+
+def member_table(study: Path, metrics: dict, runs: dict, names: list[str]) -> list[str]:
+    baseline = names[0]
+    lines = ["| member | imbalance | epochs (best) | train min x threads | img/s | val acc | "
+             f"test acc [95% CI] | test macro-F1 [95% CI] | McNemar p vs {baseline} |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        s = json.loads((study / "members" / name / "summary.json").read_text())
+        head = runs[s["name"]]["headline"]
+        lines.append(
+            f"| {s['name']} | {s['imbalance']} | {s['epochs_run']} ({s['best_epoch']}) | "
+            f"{s['train_minutes']:.1f} x {s['threads']} | {s['images_per_second']:.0f} | "
+            f"{s['val']['accuracy']:.4f} | {ci(head['accuracy'])} | {ci(head['macro_f1'])} | "
+            f"{'-' if s['name'] == baseline else mcnemar_p(metrics, baseline, s['name'])} |")
+    return lines
+
+
+def recall_table(metrics: dict, names: list[str]) -> list[str]:
+    classes = metrics["class_names"]
+    lines = ["| run | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for name in names:
+        per = metrics_run(metrics, name)["per_class"]
+        cells = [f"{per[c]['recall']:.3f} [{per[c]['recall_ci'][0]:.2f}, "
+                 f"{per[c]['recall_ci'][1]:.2f}]" for c in classes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def ensemble_table(study: Path, runs: dict) -> list[str]:
+    lines = ["| method | val acc | test acc [95% CI] | test macro-F1 | best member (by val) | "
+             "test gain over it | seconds |", "|---|---|---|---|---|---|---|"]
+    for path in sorted((study / "ensembles").iterdir()):
+        s = json.loads((path / "summary.json").read_text())
+        head = runs[s["name"]]["headline"]
+        best = s["best_member"]
+        lines.append(
+            f"| {s['method']} | {s['val']['accuracy']:.4f} | {ci(head['accuracy'])} | "
+            f"{s['test']['macro_f1']:.4f} | {best['name']} ({best['test_accuracy']:.4f}) | "
+            f"{s['test']['accuracy'] - best['test_accuracy']:+.4f} | {s['seconds']:.1f} |")
+    return lines
+
+
+def metrics_run(metrics: dict, name: str) -> dict:
+    return next(r for r in metrics["runs"] if r["name"] == name)
+
+
+def main(study: Path) -> None:
+    metrics = json.loads((study / "report" / "metrics.json").read_text())
+    runs = {r["name"]: r for r in metrics["runs"]}
+    members = sorted(p.name for p in (study / "members").iterdir())
+    baseline = next((m for m in members if m.endswith("-none")), members[0])
+    members = [baseline] + [m for m in members if m != baseline]
+    ensembles = sorted(p.name for p in (study / "ensembles").iterdir())
+    out = ["### Members (PrivateTest; selected on PublicTest)", "",
+           *member_table(study, metrics, runs, members), "",
+           "### Per-class test recall [95% Wilson interval]", "",
+           *recall_table(metrics, members + ensembles),
+           "", "### Ensembles of all members (fitted on PublicTest only)", "",
+           *ensemble_table(study, runs)]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "results/study"))
