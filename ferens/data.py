@@ -36,6 +36,7 @@ FERPLUS_TO_FER = {"anger": 0, "disgust": 1, "fear": 2, "happiness": 3, "sadness"
                   "surprise": 5, "neutral": 6}
 FOLDER_CLASS_NAMES = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+ROWS_PER_BLOCK = 2048
 
 
 @dataclass
@@ -127,9 +128,7 @@ def _parse_csv(path: Path) -> FerDataset:
 def _parse_canonical_bytes(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Numpy-only parse of a well-formed ``emotion,pixels,Usage`` file; None if anything is off.
 
-    Every digit run is a token; a valid row holds exactly 1 + 2304 of them (the label and the
-    pixels) and no other characters outside its Usage field. Any deviation returns None so the
-    validating parser can name the exact row and problem.
+    Rows are parsed in blocks of ROWS_PER_BLOCK lines so peak memory stays near the file size.
     """
     header_end = raw.find(b"\n")
     if header_end < 0 or raw[:header_end].strip() != b"emotion,pixels,Usage":
@@ -137,6 +136,28 @@ def _parse_canonical_bytes(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarr
     buf = np.frombuffer(raw, dtype=np.uint8)[header_end + 1:]
     if len(buf) == 0:
         return None
+    line_ends = np.flatnonzero(buf == ord("\n"))
+    if buf[-1] != ord("\n"):
+        line_ends = np.append(line_ends, len(buf) - 1)
+    blocks, start = [], 0
+    for last in range(ROWS_PER_BLOCK, len(line_ends) + ROWS_PER_BLOCK, ROWS_PER_BLOCK):
+        stop = int(line_ends[min(last, len(line_ends)) - 1]) + 1
+        block = _parse_block(buf[start:stop])
+        if block is None:
+            return None
+        blocks.append(block)
+        start = stop
+    images, labels, usage = (np.concatenate(parts) for parts in zip(*blocks, strict=True))
+    return images, labels, usage
+
+
+def _parse_block(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Parse complete lines: every digit run is a token, a valid row has 1 + 2304 of them.
+
+    Any other character outside the Usage field, a wrong token count, a label outside 0-6,
+    a pixel over 255 or an unknown Usage returns None, so the validating parser can name the
+    exact row and problem.
+    """
     newlines = np.flatnonzero(buf == ord("\n"))
     ends = newlines if buf[-1] == ord("\n") else np.append(newlines, len(buf))
     starts = np.concatenate(([0], ends[:-1] + 1))
@@ -144,9 +165,10 @@ def _parse_canonical_bytes(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarr
     if len(commas) != 2 * len(starts):
         return None
     first, second = commas[0::2], commas[1::2]
+    rows = np.arange(len(starts))
     if not ((first > starts).all() and (second < ends).all()
-            and (np.searchsorted(ends, first) == np.arange(len(starts))).all()
-            and (np.searchsorted(ends, second) == np.arange(len(starts))).all()):
+            and (np.searchsorted(ends, first) == rows).all()
+            and (np.searchsorted(ends, second) == rows).all()):
         return None
     is_digit = (buf - ord("0")) < 10
     allowed = is_digit | (buf == ord(" ")) | (buf == ord(",")) | (buf == ord("\n"))
@@ -171,7 +193,7 @@ def _parse_canonical_bytes(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return None
     if values[:, 1:].max() > 255:
         return None
-    usage = np.array([raw[header_end + 1 + a + 1:header_end + 1 + b].decode("ascii").strip()
+    usage = np.array([buf[a + 1:b].tobytes().decode("ascii").strip()
                       for a, b in zip(second, ends, strict=True)])
     if not np.isin(usage, list(USAGE_TO_SPLIT)).all():
         return None

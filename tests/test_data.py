@@ -156,8 +156,12 @@ def test_real_fer2013_has_the_canonical_splits_and_class_counts():
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
-def test_fast_byte_parser_agrees_with_the_validating_parser(tmp_path, tiny_rows, newline):
+@pytest.mark.parametrize("rows_per_block", [5, 2048])
+def test_fast_byte_parser_agrees_with_the_validating_parser(tmp_path, tiny_rows, newline,
+                                                            rows_per_block, monkeypatch):
     from ferens.data import _parse_canonical_bytes, _parse_csv_validating
+
+    monkeypatch.setattr("ferens.data.ROWS_PER_BLOCK", rows_per_block)
 
     text = "emotion,pixels,Usage" + newline + "".join(
         f"{a},{b},{c}{newline}" for a, b, c in tiny_rows)
