@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from ferens.errors import FerensError
 from ferens.predictions import (
@@ -462,9 +463,10 @@ def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
     _check_out(out, run_dirs)
     members = check_members([load_run(d) for d in run_dirs])
     names = _unique_names(members)
-    used, temps = _calibrated(members, names) if temperature else (members, None)
-    result = _fit(method, used, names, temps, seed, greedy_metric)
-    loo = leave_one_out(used, result, seed, greedy_metric)
+    with threadpool_limits(limits=1):  # small BLAS problems: extra threads only add overhead
+        used, temps = _calibrated(members, names) if temperature else (members, None)
+        result = _fit(method, used, names, temps, seed, greedy_metric)
+        loo = leave_one_out(used, result, seed, greedy_metric)
     config = {"kind": "ensemble", "name": out.name, "method": method,
               "members": [{"name": n, "path": str(d)}
                           for n, d in zip(result.members, run_dirs, strict=True)],
