@@ -18,7 +18,6 @@ an ensemble node gives log-probabilities from its inputs, exactly as ``ferens.en
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from torch import nn
 
 from ferens.classes import CLASS_NAMES
 from ferens.config import TrainConfig
+from ferens.data import file_sha256
 from ferens.ensemble import apply_combination, ferens_version, fitted_parameters
 from ferens.errors import FerensError
 from ferens.models import create_member_model
@@ -47,15 +47,6 @@ ONNX_OPSET = 17
 VERIFY_TOLERANCE = 1e-5
 BACKENDS = ("torch", "onnx")
 FACE_SIDE = 48
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 
@@ -162,7 +153,7 @@ def _write_member(src: Path, dest: Path, onnx: bool) -> dict:
     summary = read_json(src / "summary.json") if (src / "summary.json").is_file() else {}
     files = sorted(p.name for p in dest.iterdir())
     return {"name": cfg.name, "source": str(src), "test_accuracy": summary.get("test", {}).get(
-        "accuracy"), "files": {f: sha256(dest / f) for f in files}}
+        "accuracy"), "files": {f: file_sha256(dest / f) for f in files}}
 
 
 def export_onnx(model: nn.Module, cfg: TrainConfig, path: Path) -> Path:
@@ -357,7 +348,7 @@ def _check_files(folder: Path, files: dict[str, str]) -> None:
         file = folder / name
         if not file.is_file():
             raise FerensError(f"{file}: missing from the bundle")
-        if sha256(file) != digest:
+        if file_sha256(file) != digest:
             raise FerensError(f"{file}: corrupted (SHA-256 differs from the manifest; "
                               "truncated or modified?)")
 

@@ -82,7 +82,7 @@ def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerDatas
     path = resolve_data_path(path)
     if path.is_dir():
         return _load_image_folder(path)
-    cache_file = _cache_dir() / f"fer2013-{_file_sha256(path)[:16]}.npz" if cache else None
+    cache_file = _cache_dir() / f"fer2013-{file_sha256(path)[:16]}.npz" if cache else None
     if cache_file is not None and cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as z:
             return FerDataset(z["images"], z["labels"], z["usage"], z["row_ids"], path)
@@ -99,7 +99,8 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("FERENS_CACHE", Path.home() / ".cache" / "ferens"))
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB chunks (cache keys, bundle checksums)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):
