@@ -1,6 +1,9 @@
-"""Markdown tables of a finished study, from its committed report metrics and summaries.
+"""Markdown tables and the accuracy-vs-minutes plot of a study, from its committed outputs.
 
     .venv/bin/python experiments/study_tables.py results/study > results/study/tables.md
+
+Also writes ``<study>/accuracy_vs_minutes.png``: PublicTest accuracy after every epoch against
+cumulative training minutes, one line per member (where more compute would go).
 """
 
 from __future__ import annotations
@@ -66,6 +69,33 @@ def metrics_run(metrics: dict, name: str) -> dict:
     return next(r for r in metrics["runs"] if r["name"] == name)
 
 
+def plot_accuracy_vs_minutes(study: Path, names: list[str]) -> Path:
+    """Val accuracy per epoch against cumulative train minutes, from each metrics.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, (by_epoch, by_minute) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for name in names:
+        rows = pd.read_csv(study / "members" / name / "metrics.csv")
+        by_epoch.plot(rows["epoch"], rows["val_accuracy"], marker="o", ms=3, label=name)
+        by_minute.plot(rows["seconds"].cumsum() / 60, rows["val_accuracy"], marker="o", ms=3,
+                       label=name)
+    by_epoch.set(xlabel="epoch", ylabel="PublicTest accuracy (no TTA)", title="Accuracy by epoch")
+    by_minute.set(xlabel="wall training minutes, one thread (machine load varied)",
+                  title="Accuracy vs compute")
+    for ax in (by_epoch, by_minute):
+        ax.grid(alpha=0.3)
+    by_epoch.legend(fontsize=8)
+    path = study / "accuracy_vs_minutes.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(study: Path) -> None:
     metrics = json.loads((study / "report" / "metrics.json").read_text())
     runs = {r["name"]: r for r in metrics["runs"]}
@@ -80,6 +110,7 @@ def main(study: Path) -> None:
            "", "### Ensembles of all members (fitted on PublicTest only)", "",
            *ensemble_table(study, runs)]
     print("\n".join(out))
+    plot_accuracy_vs_minutes(study, members)
 
 
 if __name__ == "__main__":
