@@ -109,6 +109,7 @@ class TrainingState:
     epochs_without_improvement: int = 0
     rows: list | None = None
     train_seconds: float = 0.0
+    stopped_early: bool = False
 
 
 def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
@@ -315,7 +316,7 @@ def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = T
     if state.epoch:
         print(f"resuming {run_dir} after epoch {state.epoch}", file=sys.stderr)
 
-    while state.epoch < cfg.epochs:
+    while state.epoch < cfg.epochs and not state.stopped_early:
         epoch = state.epoch + 1
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row |= train_one_epoch(model, loss_fn, optimizer, scheduler, train, cfg, device, epoch,
@@ -334,9 +335,8 @@ def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = T
         if show_progress:
             print(f"epoch {epoch}: val acc {row['val_accuracy']:.4f} "
                   f"macro-F1 {row['val_macro_f1']:.4f} ({row['seconds']:.0f}s)", file=sys.stderr)
-        if cfg.patience and state.epochs_without_improvement >= cfg.patience:
-            save_checkpoint(run_dir, model, optimizer, scheduler, state)
-            break
+        state.stopped_early = bool(cfg.patience
+                                   and state.epochs_without_improvement >= cfg.patience)
         save_checkpoint(run_dir, model, optimizer, scheduler, state)
     return finish_run(run_dir, cfg, model, splits, state, device, threads)
 
@@ -347,7 +347,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, model: nn.Module, splits: dict,
     model.load_state_dict(load_file(str(run_dir / "best.safetensors"), device=str(device)))
     summary = {"name": cfg.name, "kind": "member", "model": cfg.model, "stem": cfg.stem,
                "width": cfg.width, "imbalance": cfg.imbalance, "best_epoch": state.best_epoch,
-               "epochs_run": state.epoch}
+               "epochs_run": state.epoch, "stopped_early": state.stopped_early}
     eval_start = time.perf_counter()
     for split in ("val", "test"):
         part = splits[split]

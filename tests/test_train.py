@@ -124,3 +124,13 @@ def test_flip_and_ten_crop_tta_average_view_probabilities():
     assert ten.shape == (4, 7) and np.allclose(np.exp(ten).sum(1), 1, atol=1e-5)
     with pytest.raises(FerensError, match="tencrop needs a crop_size"):
         TrainConfig(tta="tencrop")
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stays_stopped_on_resume(tiny_csv, tmp_path):
+    cfg = _config(tiny_csv, tmp_path, epochs=6, patience=1, lr=0.0)
+    summary = train_member(cfg, show_progress=False)
+    assert summary["stopped_early"] and summary["epochs_run"] == 2
+    assert summary["best_epoch"] == 1
+    (cfg.run_dir / "summary.json").unlink()
+    again = train_member(cfg, resume=True, show_progress=False)
+    assert again["epochs_run"] == 2
