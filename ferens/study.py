@@ -106,10 +106,10 @@ def _launch(cfg: TrainConfig, threads: int) -> subprocess.Popen:
     spec = cfg.run_dir.parent / f"{cfg.name}.study.json"
     write_json(spec, cfg.to_dict())
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    log = open(cfg.run_dir.parent / f"{cfg.name}.log", "a")  # noqa: SIM115 (closed on exit)
     cmd = [sys.executable, "-m", "ferens.cli", "train-member", "--config", str(spec),
            "--threads", str(threads), "--resume"]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(cfg.run_dir.parent / f"{cfg.name}.log", "a") as log:  # the child keeps its copy
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def train_members(study: Study, lanes: int | None = None, poll: float = 5.0) -> list[str]:
