@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from ferens.predictions import (
     read_json,
     save_predictions,
     split_metrics,
+    unique_names,
     write_json,
 )
 
@@ -88,16 +88,6 @@ def _with_temperature(preds: Predictions, temperature: float) -> Predictions:
                        preds.row_ids, preds.class_names)
 
 
-def _unique_names(runs: list[Run]) -> list[str]:
-    """Member names for reports, made unique by appending #2, #3, ... to repeats."""
-    seen: Counter[str] = Counter()
-    names = []
-    for run in runs:
-        seen[run.name] += 1
-        names.append(run.name if seen[run.name] == 1 else f"{run.name}#{seen[run.name]}")
-    return names
-
-
 def _aligned(preds: Predictions, ref: Predictions, who: str, split: str) -> Predictions:
     """Reorder a member's rows to the reference order; reject differing row ids or labels."""
     if preds.class_names != ref.class_names:
@@ -129,7 +119,7 @@ def check_members(members: list[Run]) -> list[Run]:
     if len(members) < 2:
         raise FerensError(f"an ensemble needs at least 2 members, got {len(members)}")
     ref = members[0]
-    names = _unique_names(members)
+    names = unique_names([m.name for m in members])
     for s in SPLITS:
         if len(np.unique(ref.splits[s].row_ids)) != len(ref.splits[s].row_ids):
             raise FerensError(f"member {names[0]} ({ref.path}): {s} row ids contain duplicates")
@@ -369,7 +359,7 @@ def combine(members: list[Run], method: str = "mean", temperature: bool = False,
     """Combine loaded runs in memory (fitting only on val) and return ensemble predictions."""
     _check_method(method, greedy_metric)
     members = check_members(members)
-    names = _unique_names(members)
+    names = unique_names([m.name for m in members])
     temps = None
     if temperature:
         members, temps = _calibrated(members, names)
@@ -462,7 +452,7 @@ def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
         raise FerensError(f"an ensemble needs at least 2 members, got {len(run_dirs)}")
     _check_out(out, run_dirs)
     members = check_members([load_run(d) for d in run_dirs])
-    names = _unique_names(members)
+    names = unique_names([m.name for m in members])
     with threadpool_limits(limits=1):  # small BLAS problems: extra threads only add overhead
         used, temps = _calibrated(members, names) if temperature else (members, None)
         result = _fit(method, used, names, temps, seed, greedy_metric)

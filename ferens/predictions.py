@@ -69,6 +69,16 @@ class Run:
         return self.splits["test"]
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Run names made unique by appending #2, #3, ... to repeats (summary and report keys)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
 def save_predictions(path: str | Path, preds: Predictions) -> None:
     """Write predictions atomically (temp file, then rename)."""
     path = Path(path)

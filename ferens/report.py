@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ferens.errors import FerensError
-from ferens.predictions import Predictions, Run, load_run, write_json
+from ferens.predictions import Predictions, Run, load_run, unique_names, write_json
 from ferens.reporting.duplicates import dataset_positions, duplicate_analysis, label_mismatch
 from ferens.reporting.metrics import (
     CI_LEVEL,
@@ -162,16 +162,6 @@ def thumbnail_lookup(dataset):
         return faces
 
     return images
-
-
-def unique_names(names: list[str]) -> list[str]:
-    """Run names made unique by suffixing repeats with #2, #3, ..."""
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
-    return out
 
 
 def json_ready(obj):
