@@ -10,19 +10,23 @@ from torch.nn import functional as F
 from ferens.errors import FerensError
 
 
-def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
-    """w_c = N / (K * n_c): each class contributes equally to the loss."""
+def _positive_counts(counts: np.ndarray) -> np.ndarray:
+    """Class counts as floats; a class without training examples cannot be weighted."""
     counts = np.asarray(counts, dtype=np.float64)
     if (counts <= 0).any():
         raise FerensError(f"every class needs training examples; counts are {counts.tolist()}")
+    return counts
+
+
+def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """w_c = N / (K * n_c): each class contributes equally to the loss."""
+    counts = _positive_counts(counts)
     return counts.sum() / (len(counts) * counts)
 
 
 def effective_number_weights(counts: np.ndarray, beta: float = 0.999) -> np.ndarray:
     """Cui et al. 2019: w_c proportional to (1 - beta) / (1 - beta^n_c), normalised to sum to K."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if (counts <= 0).any():
-        raise FerensError(f"every class needs training examples; counts are {counts.tolist()}")
+    counts = _positive_counts(counts)
     weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
     return weights * len(counts) / weights.sum()
 
