@@ -88,10 +88,11 @@ def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerDatas
             return FerDataset(z["images"], z["labels"], z["usage"], z["row_ids"], path)
     ds = _parse_csv(path)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=ds.images, labels=ds.labels, usage=ds.usage, row_ids=ds.row_ids)
-        os.replace(tmp, cache_file)
+        from ferens.predictions import atomic_path
+
+        with atomic_path(cache_file, ".npz") as tmp:
+            np.savez(tmp, images=ds.images, labels=ds.labels, usage=ds.usage,
+                     row_ids=ds.row_ids)
     return ds
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,19 +81,33 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def save_predictions(path: str | Path, preds: Predictions) -> None:
-    """Write predictions atomically (temp file, then rename)."""
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A per-process temporary sibling of `path` that replaces it when the block completes.
+
+    Readers never see a half-written file, and concurrent writers never share a temp name.
+    `suffix` keeps writers that insist on an extension (np.savez: ``.npz``) on the same name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        logits=np.asarray(preds.logits, dtype=np.float32),
-        labels=np.asarray(preds.labels, dtype=np.int64),
-        row_ids=np.asarray(preds.row_ids, dtype=np.int64),
-        class_names=np.asarray(preds.class_names, dtype=str),
-    )
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_predictions(path: str | Path, preds: Predictions) -> None:
+    """Write predictions atomically."""
+    with atomic_path(path, ".npz") as tmp:
+        np.savez_compressed(
+            tmp,
+            logits=np.asarray(preds.logits, dtype=np.float32),
+            labels=np.asarray(preds.labels, dtype=np.int64),
+            row_ids=np.asarray(preds.row_ids, dtype=np.int64),
+            class_names=np.asarray(preds.class_names, dtype=str),
+        )
 
 
 def load_predictions(path: str | Path) -> Predictions:
@@ -143,11 +159,8 @@ def split_metrics(preds: Predictions) -> dict:
 
 def write_json(path: str | Path, obj: dict) -> None:
     """Write JSON atomically with stable formatting."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> dict:

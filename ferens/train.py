@@ -34,7 +34,13 @@ from ferens.data import FerDataset, apply_ferplus_labels, load_fer2013
 from ferens.errors import FerensError
 from ferens.losses import build_loss
 from ferens.models import create_member_model
-from ferens.predictions import Predictions, save_predictions, split_metrics, write_json
+from ferens.predictions import (
+    Predictions,
+    atomic_path,
+    save_predictions,
+    split_metrics,
+    write_json,
+)
 from ferens.sampling import epoch_order
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -264,12 +270,10 @@ def load_checkpoint(run_dir: Path, model, optimizer, scheduler,
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
@@ -327,8 +331,8 @@ def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = T
         score = row["val_" + cfg.early_stop_metric]
         if score > state.best_score:
             state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
-            save_file(_state_dict(model), str(run_dir / "best.safetensors.tmp"))
-            os.replace(run_dir / "best.safetensors.tmp", run_dir / "best.safetensors")
+            with atomic_path(run_dir / "best.safetensors") as tmp:
+                save_file(_state_dict(model), str(tmp))
         else:
             state.epochs_without_improvement += 1
         write_metrics(run_dir / "metrics.csv", state.rows)
