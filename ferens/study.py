@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ferens.config import TrainConfig
+from ferens.config import TrainConfig, config_differences
 from ferens.errors import FerensError
 from ferens.predictions import read_json, write_json
 
@@ -84,6 +84,15 @@ def is_finished(cfg: TrainConfig) -> bool:
     return (cfg.run_dir / "summary.json").is_file()
 
 
+def is_committed(cfg: TrainConfig, results_dir: Path) -> bool:
+    """Already in ``results_dir`` from the same config, e.g. on a fresh clone with no runs/."""
+    saved = results_dir / "members" / cfg.name
+    if not (saved / "summary.json").is_file():
+        return False
+    before = TrainConfig.load(saved / "config.json")
+    return not config_differences(before, cfg, ignore=("out_dir", "data", "threads"))
+
+
 def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
     """Copy a finished member's small outputs (never checkpoints) into results."""
     dest = results_dir / "members" / cfg.name
@@ -114,8 +123,8 @@ def _launch(cfg: TrainConfig, threads: int) -> subprocess.Popen:
 
 def train_members(study: Study, lanes: int | None = None, poll: float = 5.0) -> list[str]:
     """Train every unfinished member, ``lanes`` at a time; returns the names that failed."""
-    pending = [m for m in study.members if not is_finished(m)]
     collect_finished(study)
+    pending = [m for m in study.members if not is_committed(m, study.results_dir)]
     n_lanes, threads = lane_plan(len(pending), lanes if lanes is not None else study.lanes)
     _say(f"{len(study.members) - len(pending)} finished, {len(pending)} to train "
          f"({n_lanes} lane(s) x {threads} thread(s)); logs in <out_dir>/<name>.log")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -59,3 +60,7 @@ def test_study_trains_members_side_by_side_then_ensembles_and_reports(tmp_path, 
     mtime = (tmp_path / "runs" / "a" / "summary.json").stat().st_mtime
     assert run_study(path)["failed"] == []
     assert (tmp_path / "runs" / "a" / "summary.json").stat().st_mtime == mtime
+    # a fresh clone has the committed results but no runs/: still nothing to train
+    shutil.rmtree(tmp_path / "runs")
+    assert run_study(path)["failed"] == []
+    assert not (tmp_path / "runs" / "a").exists()
