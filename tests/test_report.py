@@ -330,6 +330,18 @@ def test_report_writes_html_markdown_json_and_pngs(report_without_data):
     assert metrics["seed"] == 3
 
 
+def test_rewriting_a_report_removes_the_per_run_plots_of_the_earlier_one(tmp_path):
+    runs = [make_run(tmp_path, name, synthetic_predictions(100, 0.6, seed=i))
+            for i, name in enumerate(("a", "b", "c"))]
+    out = tmp_path / "report"
+    write_report(runs, out=out)
+    (out / "01_notes.png").write_bytes(b"not ours")
+    write_report(runs[1:], out=out)
+    assert sorted(p.name for p in out.glob("*_confusion.png")) == ["01_b_confusion.png",
+                                                                   "02_c_confusion.png"]
+    assert (out / "01_notes.png").is_file()
+
+
 def test_html_is_one_file_with_no_external_references(report_without_data):
     out, _ = report_without_data
     assert len(list(out.glob("*.html"))) == 1

@@ -39,9 +39,15 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+RUN_PLOT_KINDS = ("_confusion", "_confused_pairs", "_confident_errors", "_ambiguous_errors")
+
+
 def write_plots(metrics: dict, out: Path,
                 images: Callable[[list[int]], np.ndarray] | None) -> dict:
-    """Write every PNG of the report into `out` and return their paths."""
+    """Write every PNG of the report into `out` (removing per-run PNGs of an earlier report)."""
+    for old in out.glob("[0-9][0-9]_*.png"):
+        if old.stem.endswith(RUN_PLOT_KINDS):
+            old.unlink()
     classes = tuple(metrics["class_names"])
     runs = metrics["runs"]
     names = [r["name"] for r in runs]
