@@ -19,6 +19,7 @@ _EXPORTS = {
     "load_predictions": "ferens.predictions", "load_run": "ferens.predictions",
     "train_member": "ferens.train",
     "build_ensemble": "ferens.ensemble", "combine": "ferens.ensemble",
+    "adjust_run": "ferens.adjust",
     "write_report": "ferens.report",
 }
 __all__ = sorted(_EXPORTS)

@@ -13,7 +13,8 @@ A bundle is a folder::
 
 Loading reads JSON and safetensors only (nothing is unpickled) and checks every file's SHA-256.
 The ``combiner`` in the manifest is a tree: a leaf ``{"member": i}`` gives member i's logits;
-an ensemble node gives log-probabilities from its inputs, exactly as ``ferens.ensemble`` did.
+an ensemble node gives log-probabilities from its inputs, exactly as ``ferens.ensemble`` did;
+an ``adjust`` node applies a ``ferens adjust`` logit adjustment to its one input.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from scipy.special import log_softmax, softmax
 from torch import nn
 
+from ferens.adjust import adjusted_log_probs
 from ferens.classes import CLASS_NAMES
 from ferens.config import TrainConfig
 from ferens.data import file_sha256
@@ -55,6 +57,9 @@ def combine_outputs(node: dict, member_logits: list[np.ndarray]) -> np.ndarray:
     if "member" in node:
         return np.asarray(member_logits[node["member"]], dtype=np.float64)
     inputs = [combine_outputs(child, member_logits) for child in node["inputs"]]
+    if "adjust" in node:
+        return adjusted_log_probs(log_softmax(inputs[0], axis=1), node["adjust"]["log_prior"],
+                                  node["adjust"]["tau"])
     temps = node.get("temperatures") or [1.0] * len(inputs)
     log_probs = [log_softmax(x / t, axis=1) for x, t in zip(inputs, temps, strict=True)]
     try:
@@ -95,6 +100,10 @@ def _member_path(ensemble_dir: Path, recorded: str) -> Path:
 def _plan_node(run_dir: Path, plan: _Plan) -> dict:
     """The combiner node for a member or ensemble folder (recursing into ensemble members)."""
     config = read_json(run_dir / "config.json")
+    if config.get("kind") == "adjusted":
+        source = _member_path(run_dir, config["source"])
+        return {"adjust": {"tau": float(config["tau"]), "log_prior": config["log_prior"]},
+                "inputs": [_plan_node(source, plan)]}
     if config.get("kind") != "ensemble":
         for needed in (WEIGHTS_FILE, "summary.json"):
             if not (run_dir / needed).is_file():
@@ -180,13 +189,13 @@ def _prepare_out(out: Path) -> Path:
 
 
 def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False) -> Path:
-    """Pack a member or ensemble folder into a self-contained bundle folder at `out`."""
+    """Pack a member, ensemble or adjusted run folder into a self-contained bundle at `out`."""
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
         raise FerensError(f"{run_dir}: run folder not found")
     plan = _Plan()
     combiner = _plan_node(run_dir, plan)
-    verified = _verify(run_dir, combiner, plan.member_dirs) if "method" in combiner else None
+    verified = None if "member" in combiner else _verify(run_dir, combiner, plan.member_dirs)
     tmp = _prepare_out(out)
     try:
         members = [_write_member(d, tmp / "members" / str(i), onnx)
@@ -196,7 +205,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False) -> P
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "ferens_version": ferens_version(), "torch": torch.__version__,
             "name": config.get("name") or run_dir.name, "source": str(run_dir.resolve()),
-            "kind": "ensemble" if "method" in combiner else "member",
+            "kind": "member" if "member" in combiner else config["kind"],
             "method": combiner.get("method"), "class_names": _class_names(run_dir),
             "onnx": onnx, "members": members, "combiner": combiner,
             "verified_max_test_probability_difference": verified,

@@ -10,7 +10,7 @@ import typer
 from ferens.errors import FerensError
 
 # Small numpy/scikit-learn work: one BLAS thread each, else a busy 2-core box slows 30x.
-SINGLE_THREAD_COMMANDS = ("ensemble", "report", "study")
+SINGLE_THREAD_COMMANDS = ("ensemble", "adjust", "report", "study")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Facial-expression recognition on FER2013.")
@@ -117,6 +117,31 @@ def ensemble_cmd(
           f"member {s['best_member']['name']} (by val); {s['seconds']:.1f}s -> {out}")
 
 
+@app.command("adjust")
+def adjust_cmd(
+    run: Path = typer.Argument(..., help="A member, ensemble or adjusted run folder."),
+    out: Path = typer.Option(..., help="Output folder, e.g. adjusted/NAME."),
+    select: str = typer.Option("macro-f1", help="How val picks tau: macro-f1 | accuracy-budget."),
+    max_accuracy_loss: float = typer.Option(
+        0.01, help="accuracy-budget: val accuracy the adjustment may cost (0.01 = 1 point)."),
+    tau: float | None = typer.Option(None, help="Use this tau instead of choosing one on val."),
+) -> None:
+    """Post-hoc logit adjustment for rare classes (tau chosen on val); writes a run folder."""
+    from ferens.adjust import adjust_run
+
+    s = adjust_run(run, out, tau=tau, select=select, max_accuracy_loss=max_accuracy_loss).summary
+    before = s["source_metrics"]
+    print(f"tau {s['tau']:.2f} ({'given' if tau is not None else select + ' on val'})")
+    print("split  accuracy          macro_F1")
+    for split in ("val", "test"):
+        print(f"{split:<5}  {before[split]['accuracy']:.4f} -> {s[split]['accuracy']:.4f}"
+              f"  {before[split]['macro_f1']:.4f} -> {s[split]['macro_f1']:.4f}")
+    recall_before, recall = before["test"]["per_class_recall"], s["test"]["per_class_recall"]
+    print("test recall: " + ", ".join(f"{c} {recall_before[c]:.3f} -> {recall[c]:.3f}"
+                                      for c in recall))
+    print(f"-> {out}")
+
+
 @app.command("report")
 def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Member or ensemble run folders."),
@@ -143,7 +168,7 @@ def report_cmd(
 
 @app.command("export")
 def export_cmd(
-    run: Path = typer.Argument(..., help="A train-member run folder or an ensemble folder."),
+    run: Path = typer.Argument(..., help="A train-member, ensemble or adjusted run folder."),
     out: Path = typer.Option(..., help="Bundle folder to write, e.g. model.ferens."),
     onnx: bool = typer.Option(False, "--onnx", help="Also write an ONNX model per member."),
 ) -> None:
@@ -154,7 +179,8 @@ def export_cmd(
     path = export_bundle(run, out, onnx=onnx)
     manifest = read_json(path / "manifest.json")
     check = manifest["verified_max_test_probability_difference"]
-    print(f"{manifest['kind']} {manifest['name']} ({manifest['method'] or 'single member'}, "
+    how = manifest["method"] or {"adjusted": "logit-adjusted"}.get(manifest["kind"], "member")
+    print(f"{manifest['kind']} {manifest['name']} ({how}, "
           f"{len(manifest['members'])} member(s){', ONNX' if onnx else ''}) -> {path}"
           + (f"; reproduces its saved test probabilities within {check:.1e}"
              if check is not None else ""))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from conftest import fer_rows, run_cli, write_fer_csv
 
+from ferens.adjust import adjust_run
 from ferens.bundle import FORMAT_VERSION, export_bundle, load_bundle
 from ferens.classes import CLASS_NAMES
 from ferens.config import TrainConfig
@@ -20,7 +21,7 @@ from ferens.data import load_fer2013
 from ferens.ensemble import METHODS, build_ensemble
 from ferens.errors import FerensError
 from ferens.predict import face_detector, haar_available, predict_images, save_face_crops
-from ferens.predictions import load_run
+from ferens.predictions import load_predictions, load_run, save_predictions
 from ferens.train import train_member
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/fer2013/fer2013.csv.gz"
@@ -134,6 +135,23 @@ def test_nested_ensemble_exports_its_tree_of_members(ws, tmp_path):
     bundle = load_bundle(export_bundle(outer.path, tmp_path / "outer.ferens"))
     assert len(bundle.members) == 2
     assert np.abs(bundle.predict_proba(ws.test_images) - outer.test.probs).max() < 1e-5
+
+
+def test_logit_adjusted_member_and_ensemble_bundles_reproduce_their_saved_probabilities(
+        ws, tmp_path):
+    members = [shutil.copytree(m, tmp_path / m.name) for m in (ws.member_a, ws.member_b)]
+    for member in members:  # a skewed val prior, so the adjustment is not the identity
+        val = load_predictions(member / "predictions" / "val.npz")
+        skewed = np.where(np.arange(len(val.labels)) % 7 == 0, val.labels, 3)
+        skewed[:7] = np.arange(7)
+        save_predictions(member / "predictions" / "val.npz", replace(val, labels=skewed))
+    ens = build_ensemble(members, "weighted", out=tmp_path / "ens")
+    for source in (members[0], ens.path):
+        adjusted = adjust_run(source, tmp_path / f"adj-{source.name}", tau=0.7)
+        assert np.abs(adjusted.test.probs - load_run(source).test.probs).max() > 1e-3
+        bundle = load_bundle(export_bundle(adjusted.path, tmp_path / f"{source.name}.ferens"))
+        assert bundle.manifest["kind"] == "adjusted"
+        assert np.abs(bundle.predict_proba(ws.test_images) - adjusted.test.probs).max() < 1e-5
 
 
 def test_onnx_runtime_and_pytorch_probabilities_agree_within_1e_4(ws):
