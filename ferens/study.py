@@ -7,6 +7,8 @@ Members train as subprocesses, ``lanes`` at a time with ``cores // lanes`` threa
 2-core CPU two one-thread members beat one two-thread member). Finished members are skipped;
 interrupted ones resume from their last epoch. Each finished member's small outputs are copied
 to ``results_dir/members/<name>`` at once, so nothing finished is lost when a session ends.
+Then every ensemble method runs, the runs named in ``adjust`` get a ``ferens adjust``
+logit adjustment (into ``results_dir/adjusted``), and one report covers them all.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ferens.adjust import SELECT
 from ferens.config import TrainConfig, config_differences
 from ferens.errors import FerensError
 from ferens.predictions import read_json, write_json
@@ -41,6 +44,9 @@ class Study:
     ferplus: str | None = None
     data: str | None = None
     extra_runs: list[str] = field(default_factory=list)
+    adjust: list[str] = field(default_factory=list)
+    adjust_select: str = "accuracy-budget"
+    adjust_max_accuracy_loss: float = 0.01
 
 
 def load_study(path: str | Path) -> Study:
@@ -65,11 +71,17 @@ def load_study(path: str | Path) -> Study:
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:
         raise FerensError(f"{path}: unknown ensemble method(s) {unknown}")
+    select = head.get("adjust_select", "accuracy-budget")
+    if select not in SELECT:
+        raise FerensError(f"{path}: adjust_select={select!r} is not one of {list(SELECT)}")
     return Study(path=path, members=members,
                  results_dir=Path(head.get("results_dir", "results/study")),
                  lanes=int(head.get("lanes", 0)), ensemble_methods=methods,
                  ferplus=head.get("ferplus"), data=head.get("data"),
-                 extra_runs=list(head.get("extra_runs", [])))
+                 extra_runs=list(head.get("extra_runs", [])),
+                 adjust=list(head.get("adjust", [])),
+                 adjust_select=select,
+                 adjust_max_accuracy_loss=float(head.get("adjust_max_accuracy_loss", 0.01)))
 
 
 def lane_plan(pending: int, lanes: int = 0, cores: int | None = None) -> tuple[int, int]:
@@ -159,6 +171,7 @@ def train_members(study: Study, lanes: int | None = None, poll: float = 5.0) -> 
 
 def combine_and_report(study: Study) -> dict:
     """Every ensemble method over the finished members, then the report over everything."""
+    from ferens.adjust import adjust_run
     from ferens.ensemble import build_ensemble
     from ferens.report import write_report
 
@@ -173,12 +186,29 @@ def combine_and_report(study: Study) -> dict:
             ensembles.append(out)
             _say(f"ensemble {method}: test accuracy "
                  f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
+    adjusted = []
+    for name in study.adjust:
+        out = study.results_dir / "adjusted" / f"{name}-adjusted"
+        adjust_run(_run_named(study, name, ensembles), out, select=study.adjust_select,
+                   max_accuracy_loss=study.adjust_max_accuracy_loss)
+        adjusted.append(out)
+        _say(f"adjusted {name}: test accuracy "
+             f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
     ferplus = study.ferplus if study.ferplus and Path(study.ferplus).is_file() else None
     report_dir = study.results_dir / "report"
-    write_report(members + ensembles, out=report_dir, ferplus=ferplus, data=study.data)
+    write_report(members + ensembles + adjusted, out=report_dir, ferplus=ferplus, data=study.data)
     _say(f"report: {report_dir / 'report.html'}")
     return {"members": [str(m) for m in members], "ensembles": [str(e) for e in ensembles],
-            "report": str(report_dir)}
+            "adjusted": [str(a) for a in adjusted], "report": str(report_dir)}
+
+
+def _run_named(study: Study, name: str, ensembles: list[Path]) -> Path:
+    """The finished member or ensemble folder called ``name`` (for ``adjust``)."""
+    for path in [study.results_dir / "members" / name, *ensembles]:
+        if path.name == name and (path / "summary.json").is_file():
+            return path
+    raise FerensError(f"{study.path}: adjust names {name!r}, which is neither a finished member "
+                      "nor an ensemble method of this study")
 
 
 def run_study(path: str | Path, lanes: int | None = None, train: bool = True) -> dict:

@@ -15,6 +15,7 @@ def _study_file(tmp_path, tiny_csv, members: str) -> object:
 [study]
 results_dir = "{tmp_path / 'results'}"
 ensemble_methods = ["mean", "stack"]
+adjust = ["a", "stack"]
 
 [defaults]
 data = "{tiny_csv}"
@@ -40,6 +41,11 @@ def test_study_file_errors_name_the_problem(tmp_path, tiny_csv):
     twice = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n[[members]]\nname = "a"\n')
     with pytest.raises(FerensError, match="member names repeat"):
         load_study(twice)
+    select = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n').read_text().replace(
+        'adjust = ', 'adjust_select = "recall"\nadjust = ')
+    (tmp_path / "select.toml").write_text(select)
+    with pytest.raises(FerensError, match="adjust_select='recall' is not one of"):
+        load_study(tmp_path / "select.toml")
 
 
 @pytest.mark.slow
@@ -56,6 +62,10 @@ def test_study_trains_members_side_by_side_then_ensembles_and_reports(tmp_path, 
         assert not (results / "members" / name / "best.safetensors").exists()
     assert (results / "ensembles" / "stack" / "summary.json").is_file()
     assert (results / "report" / "report.html").is_file()
+    names = ["a-adjusted", "stack-adjusted"]
+    assert outcome["adjusted"] == [str(results / "adjusted" / n) for n in names]
+    report = json.loads((results / "report" / "metrics.json").read_text())
+    assert [r["name"] for r in report["runs"]][-2:] == names
     # a second run trains nothing and finishes from the saved members
     mtime = (tmp_path / "runs" / "a" / "summary.json").stat().st_mtime
     assert run_study(path)["failed"] == []
