@@ -23,7 +23,7 @@ STUDY := results/study
 demo: install
 	.venv/bin/ferens ensemble $(STUDY)/members/* --method stack --out ensembles/demo-stack
 	.venv/bin/ferens report $(STUDY)/members/* $(wildcard $(STUDY)/ensembles/*) \
-		ensembles/demo-stack --out reports/demo $(FERPLUS_FLAG)
+		$(wildcard $(STUDY)/adjusted/*) ensembles/demo-stack --out reports/demo $(FERPLUS_FLAG)
 	@echo "open reports/demo/report.html"
 
 test: install

@@ -221,11 +221,12 @@ def study_cmd(
     lanes: int | None = typer.Option(None, help="Members trained side by side (0 = per core)."),
     no_train: bool = typer.Option(False, "--no-train",
                                   help="Only ensemble and report what has finished."),
+    only: list[str] | None = typer.Option(None, help="Train only this member (repeatable)."),
 ) -> None:
     """Run a whole study: train missing members (resumable), ensemble them, write the report."""
     from ferens.study import run_study
 
-    outcome = run_study(study, lanes=lanes, train=not no_train)
+    outcome = run_study(study, lanes=lanes, train=not no_train, only=only)
     if outcome["failed"]:
         raise FerensError(f"members failed: {outcome['failed']}")
 

@@ -2,6 +2,7 @@
 
     ferens study experiments/study.toml            # trains what is missing, then combines
     ferens study experiments/study.toml --lanes 1  # one member at a time on every core
+    ferens study experiments/study.toml --only strong-e25  # reproduce one member
 
 Members train as subprocesses, ``lanes`` at a time with ``cores // lanes`` threads each (on a
 2-core CPU two one-thread members beat one two-thread member). Finished members are skipped;
@@ -71,6 +72,11 @@ def load_study(path: str | Path) -> Study:
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:
         raise FerensError(f"{path}: unknown ensemble method(s) {unknown}")
+    adjust = list(head.get("adjust", []))
+    unknown = sorted(set(adjust) - set(names) - set(methods))
+    if unknown:
+        raise FerensError(f"{path}: adjust names {unknown}, which are neither members nor "
+                          "ensemble methods of this study")
     select = head.get("adjust_select", "accuracy-budget")
     if select not in SELECT:
         raise FerensError(f"{path}: adjust_select={select!r} is not one of {list(SELECT)}")
@@ -79,7 +85,7 @@ def load_study(path: str | Path) -> Study:
                  lanes=int(head.get("lanes", 0)), ensemble_methods=methods,
                  ferplus=head.get("ferplus"), data=head.get("data"),
                  extra_runs=list(head.get("extra_runs", [])),
-                 adjust=list(head.get("adjust", [])),
+                 adjust=adjust,
                  adjust_select=select,
                  adjust_max_accuracy_loss=float(head.get("adjust_max_accuracy_loss", 0.01)))
 
@@ -133,10 +139,16 @@ def _launch(cfg: TrainConfig, threads: int) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def train_members(study: Study, lanes: int | None = None, poll: float = 5.0) -> list[str]:
-    """Train every unfinished member, ``lanes`` at a time; returns the names that failed."""
+def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
+                  only: list[str] | None = None) -> list[str]:
+    """Train every unfinished member (or those in ``only``), ``lanes`` at a time; returns the
+    names that failed."""
+    unknown = sorted(set(only or []) - {m.name for m in study.members})
+    if unknown:
+        raise FerensError(f"{study.path}: no member(s) named {unknown}")
     collect_finished(study)
-    pending = [m for m in study.members if not is_committed(m, study.results_dir)]
+    pending = [m for m in study.members if not is_committed(m, study.results_dir)
+               and (not only or m.name in only)]
     n_lanes, threads = lane_plan(len(pending), lanes if lanes is not None else study.lanes)
     _say(f"{len(study.members) - len(pending)} finished, {len(pending)} to train "
          f"({n_lanes} lane(s) x {threads} thread(s)); logs in <out_dir>/<name>.log")
@@ -188,8 +200,13 @@ def combine_and_report(study: Study) -> dict:
                  f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
     adjusted = []
     for name in study.adjust:
+        source = next((p for p in [study.results_dir / "members" / name, *ensembles]
+                       if p.name == name and (p / "summary.json").is_file()), None)
+        if source is None:
+            _say(f"not adjusting {name}: it has not finished")
+            continue
         out = study.results_dir / "adjusted" / f"{name}-adjusted"
-        adjust_run(_run_named(study, name, ensembles), out, select=study.adjust_select,
+        adjust_run(source, out, select=study.adjust_select,
                    max_accuracy_loss=study.adjust_max_accuracy_loss)
         adjusted.append(out)
         _say(f"adjusted {name}: test accuracy "
@@ -202,20 +219,13 @@ def combine_and_report(study: Study) -> dict:
             "adjusted": [str(a) for a in adjusted], "report": str(report_dir)}
 
 
-def _run_named(study: Study, name: str, ensembles: list[Path]) -> Path:
-    """The finished member or ensemble folder called ``name`` (for ``adjust``)."""
-    for path in [study.results_dir / "members" / name, *ensembles]:
-        if path.name == name and (path / "summary.json").is_file():
-            return path
-    raise FerensError(f"{study.path}: adjust names {name!r}, which is neither a finished member "
-                      "nor an ensemble method of this study")
-
-
-def run_study(path: str | Path, lanes: int | None = None, train: bool = True) -> dict:
-    """Train what is missing, then ensemble and report; safe to re-run at any point."""
+def run_study(path: str | Path, lanes: int | None = None, train: bool = True,
+              only: list[str] | None = None) -> dict:
+    """Train what is missing (or only the members named in ``only``), then ensemble and
+    report; safe to re-run at any point."""
     study = load_study(path)
     if train:
-        failed = train_members(study, lanes)
+        failed = train_members(study, lanes, only=only)
     else:
         failed = []
         _say(f"collected finished members: {collect_finished(study)}")

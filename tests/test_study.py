@@ -46,14 +46,19 @@ def test_study_file_errors_name_the_problem(tmp_path, tiny_csv):
     (tmp_path / "select.toml").write_text(select)
     with pytest.raises(FerensError, match="adjust_select='recall' is not one of"):
         load_study(tmp_path / "select.toml")
+    typo = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n').read_text()
+    (tmp_path / "typo.toml").write_text(typo.replace('adjust = ["a", "stack"]',
+                                                     'adjust = ["a", "stak"]'))
+    with pytest.raises(FerensError, match=r"adjust names \['stak'\]"):
+        load_study(tmp_path / "typo.toml")
 
 
 @pytest.mark.slow
 def test_study_trains_members_side_by_side_then_ensembles_and_reports(tmp_path, tiny_csv):
     path = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\nimbalance = "none"\n'
                                            '[[members]]\nname = "b"\nimbalance = "focal"\n')
-    outcome = run_study(path, lanes=2)
     results = tmp_path / "results"
+    outcome = run_study(path, lanes=2)
     assert outcome["failed"] == []
     for name in ("a", "b"):
         summary = json.loads((results / "members" / name / "summary.json").read_text())
@@ -66,6 +71,8 @@ def test_study_trains_members_side_by_side_then_ensembles_and_reports(tmp_path, 
     assert outcome["adjusted"] == [str(results / "adjusted" / n) for n in names]
     report = json.loads((results / "report" / "metrics.json").read_text())
     assert [r["name"] for r in report["runs"]][-2:] == names
+    with pytest.raises(FerensError, match=r"no member\(s\) named \['c'\]"):
+        run_study(path, only=["c"])
     # a second run trains nothing and finishes from the saved members
     mtime = (tmp_path / "runs" / "a" / "summary.json").stat().st_mtime
     assert run_study(path)["failed"] == []
@@ -74,3 +81,7 @@ def test_study_trains_members_side_by_side_then_ensembles_and_reports(tmp_path, 
     shutil.rmtree(tmp_path / "runs")
     assert run_study(path)["failed"] == []
     assert not (tmp_path / "runs" / "a").exists()
+    # --only trains just the named members
+    shutil.rmtree(results / "members" / "b")
+    assert run_study(path, only=["a"])["adjusted"] == [str(results / "adjusted" / "a-adjusted")]
+    assert not (tmp_path / "runs" / "b").exists()
