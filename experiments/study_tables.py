@@ -105,6 +105,26 @@ def ensemble_table(study: Path, runs: dict) -> list[str]:
     return lines
 
 
+def adjusted_table(study: Path, metrics: dict) -> list[str]:
+    """Each logit-adjusted run against its source: tau, accuracy, macro-F1, Disgust recall."""
+    lines = ["| adjusted run | tau (chosen on val) | val acc | test acc | test macro-F1 | "
+             "test Disgust recall [95% Wilson] | McNemar p vs source |",
+             "|---|---|---|---|---|---|---|"]
+    for path in sorted((study / "adjusted").glob("*")):
+        s = json.loads((path / "summary.json").read_text())
+        before = s["source_metrics"]
+        disgust = metrics_run(metrics, s["name"])["per_class"]["Disgust"]
+        low, high = disgust["recall_ci"]
+        lines.append(
+            f"| {s['name']} | {s['tau']:.2f} | {before['val']['accuracy']:.4f} -> "
+            f"{s['val']['accuracy']:.4f} | {before['test']['accuracy']:.4f} -> "
+            f"{s['test']['accuracy']:.4f} | {before['test']['macro_f1']:.4f} -> "
+            f"{s['test']['macro_f1']:.4f} | "
+            f"{before['test']['per_class_recall']['Disgust']:.3f} -> {disgust['recall']:.3f} "
+            f"[{low:.2f}, {high:.2f}] | {mcnemar_p(metrics, s['source'], s['name'])} |")
+    return lines
+
+
 def metrics_run(metrics: dict, name: str) -> dict:
     return next(r for r in metrics["runs"] if r["name"] == name)
 
@@ -143,14 +163,18 @@ def main(study: Path) -> None:
     baseline = next((m for m in members if m.endswith("-none")), members[0])
     members = [baseline] + [m for m in members if m != baseline]
     ensembles = sorted(p.name for p in (study / "ensembles").iterdir())
+    adjusted = sorted(p.name for p in (study / "adjusted").glob("*"))
     out = ["### Recipe search (PublicTest; the best epoch by PublicTest accuracy)", "",
            *recipe_table(study, members), "",
            "### Members (PrivateTest; selected on PublicTest)", "",
            *member_table(study, metrics, runs, members), "",
            "### Per-class test recall [95% Wilson interval]", "",
-           *recall_table(metrics, members + ensembles),
+           *recall_table(metrics, members + ensembles + adjusted),
            "", "### Ensembles of all members (fitted on PublicTest only)", "",
            *ensemble_table(study, runs)]
+    if adjusted:
+        out += ["", "### Post-hoc logit adjustment (`ferens adjust`, tau chosen on PublicTest)",
+                "", *adjusted_table(study, metrics)]
     print("\n".join(out))
     plot_accuracy_vs_minutes(study, members)
 
