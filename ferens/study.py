@@ -150,7 +150,8 @@ def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
     pending = [m for m in study.members if not is_committed(m, study.results_dir)
                and (not only or m.name in only)]
     n_lanes, threads = lane_plan(len(pending), lanes if lanes is not None else study.lanes)
-    _say(f"{len(study.members) - len(pending)} finished, {len(pending)} to train "
+    done = sum(is_committed(m, study.results_dir) for m in study.members)
+    _say(f"{done} finished, {len(pending)} to train "
          f"({n_lanes} lane(s) x {threads} thread(s)); logs in <out_dir>/<name>.log")
     running: dict[str, tuple[subprocess.Popen, TrainConfig, float]] = {}
     failed = []
