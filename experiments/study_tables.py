@@ -24,10 +24,6 @@ def mcnemar_p(metrics: dict, a: str, b: str) -> str:
     return "-"
 
 
-RECIPE_KEYS = ("model", "stem", "width", "input_size", "augment", "optimizer", "lr",
-               "label_smoothing", "tta")
-
-
 def load_member(study: Path, name: str) -> tuple[dict, dict, list[dict]]:
     """(summary, config, metrics.csv rows) of one committed member."""
     folder = study / "members" / name
@@ -65,12 +61,13 @@ def recipe_table(study: Path, names: list[str]) -> list[str]:
 
 
 def member_table(study: Path, metrics: dict, runs: dict, names: list[str]) -> list[str]:
-    configs = {name: load_member(study, name)[1] for name in names}
+    loaded = {name: load_member(study, name) for name in names}
+    configs = {name: config for name, (_, config, _) in loaded.items()}
     lines = ["| member | imbalance | val acc | test acc [95% CI] | test macro-F1 [95% CI] | "
              "McNemar p vs the same recipe with imbalance none |",
              "|---|---|---|---|---|---|"]
     for name in names:
-        s = load_member(study, name)[0]
+        s = loaded[name][0]
         head = runs[name]["headline"]
         base = imbalance_baseline(configs[name], configs)
         versus = f"{mcnemar_p(metrics, base, name)} (vs {base})" if base else "-"
