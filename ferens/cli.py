@@ -172,7 +172,7 @@ def export_cmd(
     out: Path = typer.Option(..., help="Bundle folder to write, e.g. model.ferens."),
     onnx: bool = typer.Option(False, "--onnx", help="Also write an ONNX model per member."),
 ) -> None:
-    """Pack a member or ensemble into a self-contained bundle (safetensors + JSON)."""
+    """Pack a member, ensemble or adjusted run into a self-contained bundle (safetensors + JSON)."""
     from ferens.bundle import export_bundle
     from ferens.predictions import read_json
 
