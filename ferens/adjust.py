@@ -23,8 +23,8 @@ from ferens.predictions import (
     SPLITS,
     Predictions,
     Run,
+    check_output_folder,
     load_run,
-    read_json,
     save_predictions,
     split_metrics,
     write_json,
@@ -79,13 +79,6 @@ def choose_tau(log_probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
     return chosen, rows
 
 
-def _check_out(out: Path, source: Path) -> None:
-    if out.resolve() == source.resolve():
-        raise FerensError(f"{out}: the output folder is the source run; choose another --out")
-    if (out / "config.json").is_file() and read_json(out / "config.json").get("kind") != "adjusted":
-        raise FerensError(f"{out}: holds a run that is not an adjusted run; refusing to overwrite")
-
-
 def adjust_run(run_dir: str | Path, out: str | Path, tau: float | None = None,
                select: str = "macro-f1", max_accuracy_loss: float = 0.01) -> Run:
     """Write ``out``: ``run_dir`` logit-adjusted with a given ``tau`` or one chosen on val."""
@@ -93,7 +86,7 @@ def adjust_run(run_dir: str | Path, out: str | Path, tau: float | None = None,
     run_dir, out = Path(run_dir), Path(out)
     if tau is not None and tau < 0:
         raise FerensError(f"tau must be >= 0, got {tau}")
-    _check_out(out, run_dir)
+    check_output_folder(out, [run_dir], "adjusted", "an adjusted run", "source run")
     source = load_run(run_dir)
     log_prior = class_log_prior(source.val.labels, source.val.logits.shape[1])
     chosen, table = choose_tau(source.val.log_probs, source.val.labels, log_prior, select,

@@ -29,8 +29,8 @@ from ferens.predictions import (
     SPLITS,
     Predictions,
     Run,
+    check_output_folder,
     load_run,
-    read_json,
     save_predictions,
     split_metrics,
     unique_names,
@@ -410,16 +410,6 @@ def ferens_version() -> str:
         return "unknown"
 
 
-def _check_out(out: Path, run_dirs: list[Path]) -> None:
-    """Refuse an output folder that is a member or holds a non-ensemble run."""
-    for d in run_dirs:
-        if out.resolve() == d.resolve():
-            raise FerensError(f"member {d}: the output folder {out} is this member; "
-                              "choose another --out")
-    if (out / "config.json").is_file() and read_json(out / "config.json").get("kind") != "ensemble":
-        raise FerensError(f"{out}: holds a run that is not an ensemble; refusing to overwrite it")
-
-
 def _summary(name: str, members: list[Run], result: EnsembleResult, loo: dict) -> dict:
     """The summary.json content (everything except the wall time)."""
     member_metrics = {n: {s: _short_metrics(r.splits[s]) for s in SPLITS}
@@ -450,7 +440,7 @@ def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
     _check_method(method, greedy_metric)
     if len(run_dirs) < 2:
         raise FerensError(f"an ensemble needs at least 2 members, got {len(run_dirs)}")
-    _check_out(out, run_dirs)
+    check_output_folder(out, run_dirs, "ensemble", "an ensemble", "member")
     members = check_members([load_run(d) for d in run_dirs])
     names = unique_names([m.name for m in members])
     with threadpool_limits(limits=1):  # small BLAS problems: extra threads only add overhead

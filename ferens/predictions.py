@@ -173,6 +173,17 @@ def read_json(path: str | Path) -> dict:
         raise FerensError(f"{path}: not valid JSON ({exc})") from None
 
 
+def check_output_folder(out: Path, sources: list[Path], kind: str, what: str, role: str) -> None:
+    """Refuse an output folder that is one of ``sources`` or holds a run of another ``kind``
+    (``what`` names that kind in the message, ``role`` names a source)."""
+    for source in sources:
+        if out.resolve() == source.resolve():
+            raise FerensError(f"{source}: the output folder {out} is the {role}; "
+                              "choose another --out")
+    if (out / "config.json").is_file() and read_json(out / "config.json").get("kind") != kind:
+        raise FerensError(f"{out}: holds a run that is not {what}; refusing to overwrite it")
+
+
 def load_run(path: str | Path) -> Run:
     """Load a member or ensemble folder (config, summary, val and test predictions)."""
     path = Path(path)
