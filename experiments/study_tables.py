@@ -46,14 +46,16 @@ def imbalance_baseline(config: dict, configs: dict[str, dict]) -> str | None:
 
 def recipe_table(study: Path, names: list[str]) -> list[str]:
     """PublicTest accuracy against training minutes, with the settings that differ."""
-    lines = ["| member | model | stem | width | augment | imbalance | epochs (best) | "
-             "train min x threads | img/s | val acc, no TTA | val acc, flip TTA |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| member | model | stem | width | augment | optimiser (lr, wd) | label smoothing | "
+             "imbalance | epochs (best) | train min x threads | img/s | val acc, no TTA | "
+             "val acc, flip TTA |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         s, c, epochs = load_member(study, name)
         plain = epochs[s["best_epoch"] - 1]["val_accuracy"]
         lines.append(
             f"| {name} | {c['model']} | {c['stem']} | {c['width']} | {c['augment']} | "
+            f"{c['optimizer']} ({c['lr']:g}, {c['weight_decay']:g}) | {c['label_smoothing']:g} | "
             f"{c['imbalance']} | {s['epochs_run']} ({s['best_epoch']}) | "
             f"{s['train_minutes']:.1f} x {s['threads']} | {s['images_per_second']:.0f} | "
             f"{plain:.4f} | {s['val']['accuracy']:.4f} ({s['val']['accuracy'] - plain:+.4f}) |")
