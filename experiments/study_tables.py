@@ -136,18 +136,19 @@ def plot_accuracy_vs_minutes(study: Path, names: list[str]) -> Path:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    fig, (by_epoch, by_minute) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    for name in names:
+    fig, (by_epoch, by_minute) = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    colours = plt.get_cmap("tab20").colors  # one colour per member up to 20 (tab10 repeats)
+    for i, name in enumerate(names):
         rows = pd.read_csv(study / "members" / name / "metrics.csv")
-        by_epoch.plot(rows["epoch"], rows["val_accuracy"], marker="o", ms=3, label=name)
-        by_minute.plot(rows["seconds"].cumsum() / 60, rows["val_accuracy"], marker="o", ms=3,
-                       label=name)
+        style = {"marker": "o", "ms": 3, "label": name, "color": colours[i % len(colours)]}
+        by_epoch.plot(rows["epoch"], rows["val_accuracy"], **style)
+        by_minute.plot(rows["seconds"].cumsum() / 60, rows["val_accuracy"], **style)
     by_epoch.set(xlabel="epoch", ylabel="PublicTest accuracy (no TTA)", title="Accuracy by epoch")
     by_minute.set(xlabel="wall training minutes, one thread (machine load varied)",
                   title="Accuracy vs compute")
     for ax in (by_epoch, by_minute):
         ax.grid(alpha=0.3)
-    by_epoch.legend(fontsize=8)
+    by_minute.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     path = study / "accuracy_vs_minutes.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
