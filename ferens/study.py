@@ -147,11 +147,11 @@ def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
     if unknown:
         raise FerensError(f"{study.path}: no member(s) named {unknown}")
     collect_finished(study)
-    pending = [m for m in study.members if not is_committed(m, study.results_dir)
-               and (not only or m.name in only)]
+    committed = {m.name for m in study.members if is_committed(m, study.results_dir)}
+    pending = [m for m in study.members
+               if m.name not in committed and (not only or m.name in only)]
     n_lanes, threads = lane_plan(len(pending), lanes if lanes is not None else study.lanes)
-    done = sum(is_committed(m, study.results_dir) for m in study.members)
-    _say(f"{done} finished, {len(pending)} to train "
+    _say(f"{len(committed)} finished, {len(pending)} to train "
          f"({n_lanes} lane(s) x {threads} thread(s)); logs in <out_dir>/<name>.log")
     running: dict[str, tuple[subprocess.Popen, TrainConfig, float]] = {}
     failed = []
