@@ -29,8 +29,11 @@ def _named(name: str) -> list:
 
 
 def train_pipeline(name: str, input_size: int = 48, crop_size: int = 0,
-                   override: dict | None = None, seed: int = 0) -> A.Compose:
-    """Training augmentation: resize, the named (or overriding) transforms, then random crop."""
+                   override: dict | None = None, seed: int = 0, flip: bool = True) -> A.Compose:
+    """Training augmentation: resize, the named (or overriding) transforms, then random crop.
+
+    ``flip=False`` leaves out the named pipelines' random horizontal flip (the caller flips
+    deterministically instead, e.g. alternating epochs)."""
     if override:
         try:
             body = [A.from_dict(override)]
@@ -39,6 +42,8 @@ def train_pipeline(name: str, input_size: int = 48, crop_size: int = 0,
                 f"augment_override is not an albumentations pipeline ({exc})") from None
     else:
         body = _named(name)
+        if not flip:
+            body = [t for t in body if not isinstance(t, A.HorizontalFlip)]
     steps = _resize(input_size) + body
     if crop_size:
         steps.append(A.RandomCrop(crop_size, crop_size))

@@ -37,9 +37,8 @@ from ferens.config import TrainConfig
 from ferens.data import file_sha256
 from ferens.ensemble import apply_combination, ferens_version, fitted_parameters
 from ferens.errors import FerensError
-from ferens.models import create_member_model
+from ferens.inference import load_member_model, predict_logits, select_device
 from ferens.predictions import Predictions, load_predictions, read_json, write_json
-from ferens.train import predict_logits, select_device
 
 FORMAT = "ferens-bundle"
 FORMAT_VERSION = 1
@@ -157,7 +156,7 @@ def _write_member(src: Path, dest: Path, onnx: bool) -> dict:
     cfg.save(dest / "config.json")
     shutil.copyfile(src / WEIGHTS_FILE, dest / "model.safetensors")
     if onnx:
-        export_onnx(_build_model(cfg, dest / "model.safetensors", torch.device("cpu")), cfg,
+        export_onnx(load_member_model(cfg, dest / "model.safetensors", torch.device("cpu")), cfg,
                     dest / "model.onnx")
     summary = read_json(src / "summary.json") if (src / "summary.json").is_file() else {}
     files = sorted(p.name for p in dest.iterdir())
@@ -312,19 +311,6 @@ def _check_faces(faces: np.ndarray) -> np.ndarray:
     return faces
 
 
-def _build_model(cfg: TrainConfig, weights: Path, device: torch.device) -> nn.Module:
-    """The member architecture from its config with weights from a safetensors file."""
-    from safetensors.torch import load_file
-
-    model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate)
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except Exception as exc:
-        raise FerensError(f"{weights}: cannot load weights ({exc})") from None
-    model = model.to(device).eval()
-    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
-
-
 def _read_manifest(path: Path) -> dict:
     """The manifest, checked for format and version before anything else is read."""
     if not path.is_dir():
@@ -379,6 +365,6 @@ def load_bundle(path: str | Path, device: torch.device | None = None) -> Bundle:
         cfg = TrainConfig.load(folder / "config.json")
         onnx_path = folder / "model.onnx" if "model.onnx" in entry["files"] else None
         members.append(BundleMember(entry.get("name", cfg.name), cfg,
-                                    _build_model(cfg, folder / "model.safetensors", device),
+                                    load_member_model(cfg, folder / "model.safetensors", device),
                                     onnx_path))
     return Bundle(path, manifest, members, device)

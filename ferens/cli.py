@@ -202,8 +202,8 @@ def predict_cmd(
 ) -> None:
     """Find faces in images and write one row per face (box, class probabilities, top class)."""
     from ferens.bundle import load_bundle
+    from ferens.inference import configure_threads
     from ferens.predict import format_summary, predict_images, write_predictions
-    from ferens.train import configure_threads
 
     configure_threads(threads)
     loaded = load_bundle(bundle)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -11,6 +13,43 @@ from ferens.errors import FerensError
 from ferens.models import STEMS
 
 IMBALANCE = ("none", "weighted", "focal", "oversample")
+TTA = ("none", "flip", "shift", "tencrop")
+# engine 1: the v1 loop that trained results/study (one augmentation stream per epoch in the
+# training process; best epoch chosen on val without TTA). engine 2: per-sample seeded
+# loading (worker-count independent) and selection with the saved predictions' TTA.
+ENGINES = (1, 2)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+# Numeric bounds, checked in one place: (low, high, low inclusive, high inclusive).
+RANGES = {
+    "max_train_samples": (0, math.inf, True, False),
+    "width": (0, 8, False, True),
+    "drop_rate": (0, 1, True, False),
+    "input_size": (8, 512, True, True),
+    "crop_size": (0, 512, True, True),
+    "effective_beta": (0, 1, True, False),
+    "focal_gamma": (0, 20, True, True),
+    "oversample_power": (0, 1, True, True),
+    "label_smoothing": (0, 1, True, False),
+    "lr": (0, 10, True, True),
+    "weight_decay": (0, 10, True, True),
+    "momentum": (0, 1, True, False),
+    "batch_size": (1, 65536, True, True),
+    "epochs": (1, 100_000, True, True),
+    "warmup_epochs": (0, 100_000, True, True),
+    "patience": (0, math.inf, True, False),
+    "seed": (0, 2**31 - 1, True, True),
+    "threads": (0, 4096, True, True),
+    "workers": (0, 256, True, True),
+    "ema_decay": (0, 1, True, False),
+    "mixup_alpha": (0, 100, True, True),
+    "cutmix_alpha": (0, 100, True, True),
+    "mix_prob": (0, 1, True, True),
+    "ferplus_soft": (0, 1, True, True),
+    "distill_weight": (0, 1, True, True),
+    "distill_temperature": (0, 100, False, True),
+}
 
 
 @dataclass
@@ -59,7 +98,26 @@ class TrainConfig:
     channels_last: bool = True
     extra: dict = field(default_factory=dict)
 
+    # Engine: data pipeline version, device, precision, loader workers, torch.compile.
+    engine: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 0
+    compile: bool = False
+
+    # Recipe features of study v2 (all off by default).
+    ema_decay: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    alternate_flip: bool = False
+    ferplus_soft: float = 0.0
+    teacher: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
+
     def __post_init__(self) -> None:
+        self._check_types_and_ranges()
         checks = {
             "labels": (self.labels, ("fer2013", "ferplus")),
             "stem": (self.stem, tuple(STEMS)),
@@ -69,7 +127,9 @@ class TrainConfig:
             "focal_alpha": (self.focal_alpha, ("none", "inverse", "effective")),
             "optimizer": (self.optimizer, ("adamw", "sgd")),
             "early_stop_metric": (self.early_stop_metric, ("accuracy", "macro_f1")),
-            "tta": (self.tta, ("none", "flip", "tencrop")),
+            "tta": (self.tta, TTA),
+            "engine": (self.engine, ENGINES),
+            "precision": (self.precision, ("auto", "fp32", "bf16", "fp16")),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed:
@@ -79,8 +139,48 @@ class TrainConfig:
         if self.tta == "tencrop" and not 0 < self.crop_size < self.input_size:
             raise FerensError("tta=tencrop needs a crop_size smaller than input_size "
                               f"(got crop_size={self.crop_size}, input_size={self.input_size})")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise FerensError("epochs and batch_size must be at least 1")
+        if not NAME_PATTERN.fullmatch(self.name):
+            raise FerensError(f"config name={self.name!r}: use letters, digits and . _ + - "
+                              "(a run name is one folder under out_dir)")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise FerensError(f"config device={self.device!r}: expected auto, cpu, cuda or "
+                              "cuda:N")
+        if self.crop_size >= self.input_size:
+            raise FerensError(f"config crop_size={self.crop_size} must be smaller than "
+                              f"input_size={self.input_size} (0 = no crop)")
+        if self.ferplus_soft and not self.ferplus:
+            raise FerensError("ferplus_soft needs --ferplus PATH (fer2013new.csv)")
+        if self.ferplus_soft and self.labels == "ferplus":
+            raise FerensError("ferplus_soft mixes FER+ votes into FER2013 labels; it cannot be "
+                              "combined with labels=ferplus")
+        if self.engine == 1 and (self.workers or self.uses_new_recipe_features):
+            raise FerensError("engine=1 reproduces v1 runs only: it has no loader workers, EMA, "
+                              "mixing, alternating flip, FER+ soft targets or teacher")
+
+    @property
+    def uses_new_recipe_features(self) -> bool:
+        return bool(self.ema_decay or self.mixup_alpha or self.cutmix_alpha
+                    or self.alternate_flip or self.ferplus_soft or self.teacher)
+
+    def _check_types_and_ranges(self) -> None:
+        """Every field by its declared type, then every number by its range."""
+        for f in fields(self):
+            value, kinds = getattr(self, f.name), str(f.type).replace(" ", "").split("|")
+            ok = ((value is None and "None" in kinds)
+                  or ("bool" in kinds and isinstance(value, bool))
+                  or ("int" in kinds and isinstance(value, int) and not isinstance(value, bool))
+                  or ("float" in kinds and isinstance(value, int | float)
+                      and not isinstance(value, bool) and math.isfinite(value))
+                  or ("str" in kinds and isinstance(value, str))
+                  or ("dict" in kinds and isinstance(value, dict)))
+            if not ok:
+                raise FerensError(f"config {f.name}={value!r}: expected {f.type}")
+        for key, (low, high, low_in, high_in) in RANGES.items():
+            value = getattr(self, key)
+            if (value < low or (value == low and not low_in)
+                    or value > high or (value == high and not high_in)):
+                lo, hi = ("[" if low_in else "("), ("]" if high_in else ")")
+                raise FerensError(f"config {key}={value!r} is outside {lo}{low}, {high}{hi}")
 
     @property
     def run_dir(self) -> Path:
@@ -95,18 +195,26 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise FerensError(f"{source}: unknown config key(s) {unknown}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except FerensError as exc:
+            raise FerensError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
+        """A saved config.json; one written before ``engine`` existed ran engine 1."""
         path = Path(path)
         try:
-            return cls.from_dict(json.loads(path.read_text()), source=str(path))
-        except (OSError, json.JSONDecodeError) as exc:
+            values = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise FerensError(f"{path}: cannot read config ({exc})") from None
+        if not isinstance(values, dict):
+            raise FerensError(f"{path}: a config must be a JSON object")
+        values.setdefault("engine", 1)
+        return cls.from_dict(values, source=str(path))
 
 
 def config_differences(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -57,17 +57,29 @@ class FocalCrossEntropy(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``target`` is class indices (N,) or class distributions (N,K) (mixed or soft)."""
+        soft = target.is_floating_point()
         if self.gamma == 0:
             return F.cross_entropy(logits, target, weight=self.weight,
                                    label_smoothing=self.label_smoothing)
         num_classes = logits.shape[1]
         log_p = F.log_softmax(logits.float(), dim=1)
-        q = F.one_hot(target, num_classes).float()
+        q = target.float() if soft else F.one_hot(target, num_classes).float()
         if self.label_smoothing:
             q = q * (1 - self.label_smoothing) + self.label_smoothing / num_classes
         w = self.weight if self.weight is not None else log_p.new_ones(num_classes)
         per_class = -q * w * (1 - log_p.exp()).pow(self.gamma) * log_p
-        return per_class.sum() / w[target].sum()
+        norm = (target.float() * w).sum() if soft else w[target].sum()
+        return per_class.sum() / norm
+
+
+def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015): T^2 * KL(teacher_T || student_T), averaged over the batch.
+    ``teacher_probs`` are already softened with the same temperature."""
+    log_student = F.log_softmax(logits.float() / temperature, dim=1)
+    kl = F.kl_div(log_student, teacher_probs, reduction="batchmean")
+    return kl * temperature**2
 
 
 def build_loss(imbalance: str, counts: np.ndarray, *, weight_scheme: str = "inverse",

@@ -25,14 +25,24 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.model_selection import train_test_split
+from timm.utils import ModelEmaV3
 from torch import nn
 
-from ferens.augment import apply, eval_pipeline, train_pipeline
-from ferens.classes import CLASS_NAMES
-from ferens.config import TrainConfig, config_differences
+from ferens.classes import CLASS_NAMES, NUM_CLASSES
+from ferens.config import TTA, TrainConfig, config_differences
 from ferens.data import FerDataset, apply_ferplus_labels, load_fer2013
 from ferens.errors import FerensError
-from ferens.losses import build_loss
+from ferens.inference import (
+    autocast,
+    configure_threads,
+    predict_logits,
+    resolve_precision,
+    select_device,
+    to_tensor,
+)
+from ferens.loader import TrainLoader, epoch_seed, sample_seed
+from ferens.losses import build_loss, distillation_loss
+from ferens.mixing import mix_batch, mixing_enabled
 from ferens.models import create_member_model
 from ferens.predictions import (
     Predictions,
@@ -41,68 +51,13 @@ from ferens.predictions import (
     split_metrics,
     write_json,
 )
-from ferens.sampling import epoch_order
+from ferens.targets import ferplus_soft_targets, teacher_probabilities
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "val_macro_f1", "lr", "seconds", "images_per_second")
 # Fields that may change between an interrupted run and its resumption.
-RESUMABLE_FIELDS = ("threads", "data")
-
-
-def select_device() -> torch.device:
-    """CUDA when present, otherwise the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def configure_threads(threads: int) -> int:
-    """Set torch's intra-op threads; 0 means $OMP_NUM_THREADS or every core."""
-    chosen = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1)
-    torch.set_num_threads(chosen)
-    return chosen
-
-
-def to_tensor(images: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 (N,H,W) -> float (N,1,H,W) scaled to [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).unsqueeze(1).float()
-    x = x.div_(127.5).sub_(1.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: np.ndarray, cfg: TrainConfig,
-                   device: torch.device, tta: str | None = None,
-                   batch_size: int = 256) -> np.ndarray:
-    """Logits for (N,48,48) uint8 images; with TTA, log of the averaged view probabilities."""
-    tta = cfg.tta if tta is None else tta
-    model.eval()
-    images = apply(eval_pipeline(cfg.input_size), images)
-    out = []
-    for start in range(0, len(images), batch_size):
-        views = _tta_views(images[start:start + batch_size], cfg, tta)
-        logits = [model(to_tensor(v, device, cfg.channels_last)).float() for v in views]
-        if len(logits) == 1:
-            out.append(logits[0].cpu())
-        else:
-            probs = torch.stack([lg.softmax(1) for lg in logits]).mean(0)
-            out.append(probs.clamp_min(1e-12).log().cpu())
-    return torch.cat(out).numpy()
-
-
-def _tta_views(batch: np.ndarray, cfg: TrainConfig, tta: str) -> list[np.ndarray]:
-    if cfg.crop_size:
-        c, size = cfg.crop_size, cfg.input_size
-        mid = (size - c) // 2
-        center = batch[:, mid:mid + c, mid:mid + c]
-        if tta != "tencrop":
-            crops = [center]
-        else:
-            corners = [(0, 0), (0, size - c), (size - c, 0), (size - c, size - c)]
-            crops = [center] + [batch[:, y:y + c, x:x + c] for y, x in corners]
-    else:
-        crops = [batch]
-    if tta == "none":
-        return crops
-    return crops + [crop[:, :, ::-1] for crop in crops]
+RESUMABLE_FIELDS = ("threads", "data", "workers")
+PROGRESS_EVERY = 20  # steps between host reads of the running loss and accuracy
 
 
 @dataclass
@@ -179,129 +134,31 @@ class Progress:
             print(file=sys.stderr, flush=True)
 
 
-def train_one_epoch(model, loss_fn, optimizer, scheduler, train: FerDataset, cfg: TrainConfig,
-                    device: torch.device, epoch: int, show_progress: bool = True) -> dict:
-    """One pass over a deterministic (seed, epoch) order of the training set."""
-    epoch_seed = cfg.seed * 100_003 + epoch
-    torch.manual_seed(epoch_seed)
-    order = epoch_order(train.labels, epoch_seed, oversample=cfg.imbalance == "oversample",
-                        power=cfg.oversample_power)
-    pipeline = train_pipeline(cfg.augment, cfg.input_size, cfg.crop_size, cfg.augment_override,
-                              seed=epoch_seed)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    model.train()
-    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    progress = Progress(epoch, cfg.epochs, len(order), show_progress)
-    for begin in range(0, len(order), cfg.batch_size):
-        idx = order[begin:begin + cfg.batch_size]
-        if len(idx) < 2:
-            continue
-        x = to_tensor(apply(pipeline, train.images[idx]), device, cfg.channels_last)
-        y = torch.from_numpy(train.labels[idx]).to(device)
-        with torch.autocast("cuda", enabled=scaler is not None):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        total_loss += loss.item() * len(idx)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(idx)
-        progress.update(seen, total_loss / seen, correct / seen,
-                        seen / (time.perf_counter() - start))
-    progress.close()
-    seconds = time.perf_counter() - start
-    return {"train_loss": total_loss / seen, "train_accuracy": correct / seen,
-            "seconds": seconds, "images_per_second": seen / seconds}
+@dataclass
+class TrainingParts:
+    """Everything one training step touches, built once per run (see ``build_parts``)."""
+
+    model: nn.Module          # the raw module: its weights are saved
+    forward: nn.Module        # the module called in the loop (torch.compile'd when asked)
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    precision: str            # resolved: fp32, bf16 or fp16
+    scaler: torch.amp.GradScaler | None = None    # fp16 only; created once, checkpointed
+    ema: ModelEmaV3 | None = None
+    targets: torch.Tensor | None = None  # (N,7) soft training targets (FER+), else labels
+    teacher: torch.Tensor | None = None  # (N,7) softened teacher probabilities
+    labels: torch.Tensor | None = None   # (N,) training labels on the device
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved: the EMA when it is on."""
+        return self.ema.module if self.ema is not None else self.model
 
 
-def evaluate(model, loss_fn, split: FerDataset, cfg: TrainConfig, device: torch.device) -> dict:
-    """Validation loss, accuracy and macro-F1 without TTA (used for model selection)."""
-    logits = predict_logits(model, split.images, cfg, device, tta="none")
-    preds = Predictions(logits, split.labels, split.row_ids)
-    metrics = split_metrics(preds)
-    with torch.no_grad():
-        loss = loss_fn.cpu()(torch.from_numpy(logits), torch.from_numpy(split.labels)).item()
-    loss_fn.to(device)
-    return {"val_loss": loss, "val_accuracy": metrics["accuracy"],
-            "val_macro_f1": metrics["macro_f1"]}
-
-
-def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainingState) -> None:
-    """Write checkpoint/epoch-K fully, then point checkpoint/latest.json at it (atomic)."""
-    root = run_dir / "checkpoint"
-    final = root / f"epoch-{state.epoch}"
-    tmp = root / f"epoch-{state.epoch}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_state_dict(model), str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-               tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state.__dict__))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_json(root / "latest.json", {"epoch": state.epoch, "folder": final.name})
-    for old in root.glob("epoch-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(run_dir: Path, model, optimizer, scheduler,
-                    device: torch.device) -> TrainingState | None:
-    latest = run_dir / "checkpoint" / "latest.json"
-    if not latest.is_file():
-        return None
-    folder = run_dir / "checkpoint" / json.loads(latest.read_text())["folder"]
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
-    extra = torch.load(folder / "optimizer.pt", map_location=device, weights_only=True)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    return TrainingState(**json.loads((folder / "state.json").read_text()))
-
-
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
-    run_dir = cfg.run_dir
-    saved = run_dir / "config.json"
-    if saved.is_file():
-        if not resume:
-            raise FerensError(f"{run_dir} already exists; pass --resume to continue it "
-                              "or choose another --name")
-        diffs = config_differences(TrainConfig.load(saved), cfg, ignore=RESUMABLE_FIELDS)
-        if diffs:
-            raise FerensError(f"{saved}: cannot resume with a different config: "
-                              + "; ".join(diffs))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(saved)
-    return run_dir
-
-
-def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> dict:
-    """Train (or resume) one member and write its run folder; returns the summary."""
-    run_dir = _prepare_run_dir(cfg, resume)
-    if resume and (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
-    threads = configure_threads(cfg.threads)
-    device = select_device()
-    splits = load_splits(cfg)
-    train = splits["train"]
-
+def build_parts(cfg: TrainConfig, train: FerDataset, device: torch.device) -> TrainingParts:
+    """Model, loss, optimizer, schedule, scaler, EMA and targets for one run."""
     torch.manual_seed(cfg.seed)
     model = create_member_model(cfg.model, cfg.stem, cfg.width, cfg.pretrained, cfg.drop_rate)
     model = model.to(device)
@@ -315,24 +172,218 @@ def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = T
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     scheduler = cosine_with_warmup(optimizer, int(cfg.warmup_epochs * steps_per_epoch),
                                    cfg.epochs * steps_per_epoch)
-    state = (load_checkpoint(run_dir, model, optimizer, scheduler, device) if resume else None)
-    state = state or TrainingState(rows=[])
+    precision = resolve_precision(cfg.precision, device)
+    parts = TrainingParts(model=model, forward=torch.compile(model) if cfg.compile else model,
+                          loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+                          device=device, precision=precision,
+                          labels=torch.from_numpy(train.labels).to(device))
+    if precision == "fp16":
+        parts.scaler = torch.amp.GradScaler(device.type)
+    if cfg.ema_decay:
+        parts.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+    if cfg.ferplus_soft:
+        parts.targets = torch.from_numpy(
+            ferplus_soft_targets(train, cfg.ferplus, cfg.ferplus_soft)).to(device)
+    if cfg.teacher:
+        parts.teacher = torch.from_numpy(
+            teacher_probabilities(cfg.teacher, train, cfg.distill_temperature)).to(device)
+    return parts
+
+
+def _step_loss(parts: TrainingParts, cfg: TrainConfig, x: torch.Tensor, idx: torch.Tensor,
+               mix_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, logits, labels) of one batch: hard labels unless soft targets, mixing or a
+    teacher are on."""
+    y = parts.labels[idx]
+    soft = parts.targets is not None or mixing_enabled(cfg)
+    target = (parts.targets[idx] if parts.targets is not None
+              else one_hot_tensor(y) if soft else y)
+    extra = [parts.teacher[idx]] if parts.teacher is not None else []
+    if mixing_enabled(cfg):
+        x, mixed, _ = mix_batch(x, [target, *extra], mix_seed, cfg)
+        target, extra = mixed[0], mixed[1:]
+    with autocast(parts.device, parts.precision):
+        logits = parts.forward(x)
+    loss = parts.loss_fn(logits.float(), target)
+    if extra:
+        w = cfg.distill_weight
+        loss = (1 - w) * loss + w * distillation_loss(logits, extra[0], cfg.distill_temperature)
+    return loss, logits, y
+
+
+def one_hot_tensor(y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.one_hot(y, NUM_CLASSES).float()
+
+
+def train_one_epoch(parts: TrainingParts, loader: TrainLoader, cfg: TrainConfig, epoch: int,
+                    show_progress: bool = True) -> dict:
+    """One pass over the deterministic (seed, epoch) order of the training set.
+
+    Loss and accuracy accumulate on the device; the host reads them only every
+    ``PROGRESS_EVERY`` steps, so a GPU is never stalled by a per-step synchronisation."""
+    torch.manual_seed(epoch_seed(cfg.seed, epoch))
+    parts.model.train()
+    total_loss = torch.zeros((), dtype=torch.float64, device=parts.device)
+    correct = torch.zeros((), dtype=torch.int64, device=parts.device)
+    seen, start = 0, time.perf_counter()
+    progress = Progress(epoch, cfg.epochs, len(loader.batches.labels), show_progress)
+    for step, (images, idx) in enumerate(loader.epoch(epoch), start=1):
+        x = to_tensor(images, parts.device, cfg.channels_last)
+        idx = idx.to(parts.device, non_blocking=True)
+        loss, logits, y = _step_loss(parts, cfg, x, idx,
+                                     sample_seed(cfg.seed, epoch, int(idx[0])) ^ 0x5EED)
+        parts.optimizer.zero_grad(set_to_none=True)
+        if parts.scaler is not None:
+            parts.scaler.scale(loss).backward()
+            parts.scaler.step(parts.optimizer)
+            parts.scaler.update()
+        else:
+            loss.backward()
+            parts.optimizer.step()
+        parts.scheduler.step()
+        if parts.ema is not None:
+            parts.ema.update(parts.model, step=parts.scheduler.last_epoch)
+        n = len(idx)
+        total_loss += loss.detach().double() * n
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += n
+        if step % PROGRESS_EVERY == 0 or seen >= progress.total:
+            progress.update(seen, total_loss.item() / seen, correct.item() / seen,
+                            seen / (time.perf_counter() - start))
+    progress.close()
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss.item() / seen, "train_accuracy": correct.item() / seen,
+            "seconds": seconds, "images_per_second": seen / seconds}
+
+
+def selection_tta(cfg: TrainConfig) -> str:
+    """The TTA the best epoch is chosen with: the saved predictions' (engine 2); none in v1."""
+    return cfg.tta if cfg.engine >= 2 else "none"
+
+
+def evaluate(parts: TrainingParts, split: FerDataset, cfg: TrainConfig) -> dict:
+    """Validation loss, accuracy and macro-F1 of the evaluated weights, with the selection
+    TTA, so the chosen epoch is the one the saved val predictions score best."""
+    logits = predict_logits(parts.eval_model, split.images, cfg, parts.device,
+                            tta=selection_tta(cfg), precision=parts.precision)
+    metrics = split_metrics(Predictions(logits, split.labels, split.row_ids))
+    with torch.no_grad():
+        loss = parts.loss_fn.cpu()(torch.from_numpy(logits), torch.from_numpy(split.labels))
+    parts.loss_fn.to(parts.device)
+    return {"val_loss": loss.item(), "val_accuracy": metrics["accuracy"],
+            "val_macro_f1": metrics["macro_f1"]}
+
+
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(run_dir: Path, parts: TrainingParts, state: TrainingState) -> None:
+    """Write checkpoint/epoch-K fully, then point checkpoint/latest.json at it (atomic)."""
+    root = run_dir / "checkpoint"
+    final = root / f"epoch-{state.epoch}"
+    tmp = root / f"epoch-{state.epoch}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_state_dict(parts.model), str(tmp / "model.safetensors"))
+    if parts.ema is not None:
+        save_file(_state_dict(parts.ema.module), str(tmp / "ema.safetensors"))
+    extra = {"optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict()}
+    if parts.scaler is not None:
+        extra["scaler"] = parts.scaler.state_dict()
+    torch.save(extra, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state.__dict__))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_json(root / "latest.json", {"epoch": state.epoch, "folder": final.name})
+    for old in root.glob("epoch-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path, parts: TrainingParts) -> TrainingState | None:
+    """Restore the last complete epoch; a damaged checkpoint is one clear error."""
+    latest = run_dir / "checkpoint" / "latest.json"
+    if not latest.is_file():
+        return None
+    device = parts.device
+    try:
+        folder = run_dir / "checkpoint" / json.loads(latest.read_text())["folder"]
+        parts.model.load_state_dict(load_file(str(folder / "model.safetensors"),
+                                              device=str(device)))
+        if parts.ema is not None:
+            parts.ema.module.load_state_dict(load_file(str(folder / "ema.safetensors"),
+                                                       device=str(device)))
+        extra = torch.load(folder / "optimizer.pt", map_location=device, weights_only=True)
+        parts.optimizer.load_state_dict(extra["optimizer"])
+        parts.scheduler.load_state_dict(extra["scheduler"])
+        if parts.scaler is not None and "scaler" in extra:
+            parts.scaler.load_state_dict(extra["scaler"])
+        return TrainingState(**json.loads((folder / "state.json").read_text()))
+    except Exception as exc:  # any damage: truncated file, bad JSON, wrong shapes
+        raise FerensError(f"{run_dir / 'checkpoint'}: cannot resume from a damaged checkpoint "
+                          f"({type(exc).__name__}: {str(exc)[:200]}); delete the folder to "
+                          "start over") from None
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _check_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    """Refuse to start over an existing run, or to resume it with another config."""
+    run_dir = cfg.run_dir
+    saved = run_dir / "config.json"
+    if saved.is_file():
+        if not resume:
+            raise FerensError(f"{run_dir} already exists; pass --resume to continue it "
+                              "or choose another --name")
+        diffs = config_differences(TrainConfig.load(saved), cfg, ignore=RESUMABLE_FIELDS)
+        if diffs:
+            raise FerensError(f"{saved}: cannot resume with a different config: "
+                              + "; ".join(diffs))
+    return run_dir
+
+
+def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> dict:
+    """Train (or resume) one member and write its run folder; returns the summary.
+
+    Data, device and targets are checked before anything is written, so a failed command
+    leaves no run folder behind to block the corrected one."""
+    run_dir = _check_run_dir(cfg, resume)
+    if resume and (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    threads = configure_threads(cfg.threads)
+    device = select_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    splits = load_splits(cfg)
+    train = splits["train"]
+    parts = build_parts(cfg, train, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+    state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
     if state.epoch:
         print(f"resuming {run_dir} after epoch {state.epoch}", file=sys.stderr)
+    loader = TrainLoader(train.images, train.labels, cfg, device)
 
     while state.epoch < cfg.epochs and not state.stopped_early:
         epoch = state.epoch + 1
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row |= train_one_epoch(model, loss_fn, optimizer, scheduler, train, cfg, device, epoch,
-                               show_progress)
-        row |= evaluate(model, loss_fn, splits["val"], cfg, device)
+        row = {"epoch": epoch, "lr": parts.optimizer.param_groups[0]["lr"]}
+        row |= train_one_epoch(parts, loader, cfg, epoch, show_progress)
+        row |= evaluate(parts, splits["val"], cfg)
         state.rows.append(row)
         state.epoch, state.train_seconds = epoch, state.train_seconds + row["seconds"]
         score = row["val_" + cfg.early_stop_metric]
         if score > state.best_score:
             state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
             with atomic_path(run_dir / "best.safetensors") as tmp:
-                save_file(_state_dict(model), str(tmp))
+                save_file(_state_dict(parts.eval_model), str(tmp))
         else:
             state.epochs_without_improvement += 1
         write_metrics(run_dir / "metrics.csv", state.rows)
@@ -341,30 +392,50 @@ def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = T
                   f"macro-F1 {row['val_macro_f1']:.4f} ({row['seconds']:.0f}s)", file=sys.stderr)
         state.stopped_early = bool(cfg.patience
                                    and state.epochs_without_improvement >= cfg.patience)
-        save_checkpoint(run_dir, model, optimizer, scheduler, state)
-    return finish_run(run_dir, cfg, model, splits, state, device, threads)
+        save_checkpoint(run_dir, parts, state)
+    return finish_run(run_dir, cfg, parts, splits, state, threads)
 
 
-def finish_run(run_dir: Path, cfg: TrainConfig, model: nn.Module, splits: dict,
-               state: TrainingState, device: torch.device, threads: int) -> dict:
-    """Reload the best epoch, predict val and test (with TTA) and write the summary."""
+def tta_modes(cfg: TrainConfig) -> list[str]:
+    """The TTA modes whose accuracy is reported for a member (ten-crop needs a crop)."""
+    return [m for m in TTA if m != "tencrop" or cfg.crop_size]
+
+
+def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: dict,
+               state: TrainingState, threads: int) -> dict:
+    """Reload the best epoch, predict val and test (and train, for distillation) with the
+    configured TTA, measure every TTA mode, and write the summary."""
+    device, model = parts.device, parts.eval_model
     model.load_state_dict(load_file(str(run_dir / "best.safetensors"), device=str(device)))
     summary = {"name": cfg.name, "kind": "member", "model": cfg.model, "stem": cfg.stem,
                "width": cfg.width, "imbalance": cfg.imbalance, "best_epoch": state.best_epoch,
-               "epochs_run": state.epoch, "stopped_early": state.stopped_early}
+               "epochs_run": state.epoch, "stopped_early": state.stopped_early,
+               "engine": cfg.engine, "selection_tta": selection_tta(cfg)}
     eval_start = time.perf_counter()
-    for split in ("val", "test"):
+    saved = ("val", "test", "train") if cfg.engine >= 2 else ("val", "test")
+    for split in saved:
         part = splits[split]
-        preds = Predictions(predict_logits(model, part.images, cfg, device), part.labels,
-                            part.row_ids, CLASS_NAMES)
+        preds = Predictions(predict_logits(model, part.images, cfg, device,
+                                           precision=parts.precision),
+                            part.labels, part.row_ids, CLASS_NAMES)
         save_predictions(run_dir / "predictions" / f"{split}.npz", preds)
-        summary[split] = split_metrics(preds)
+        if split != "train":
+            summary[split] = split_metrics(preds)
+    if cfg.engine >= 2:
+        summary["tta_accuracy"] = {
+            split: {mode: split_metrics(Predictions(
+                predict_logits(model, splits[split].images, cfg, device, tta=mode,
+                               precision=parts.precision),
+                splits[split].labels, splits[split].row_ids))["accuracy"]
+                for mode in tta_modes(cfg)}
+            for split in ("val", "test")}
     rates = [r["images_per_second"] for r in state.rows]
     summary |= {
         "train_minutes": state.train_seconds / 60,
         "eval_seconds": time.perf_counter() - eval_start,
         "images_per_second": float(np.median(rates)) if rates else None,
-        "threads": threads, "device": device.type,
+        "threads": threads, "workers": cfg.workers, "device": device.type,
+        "precision": parts.precision,
         "train_samples": int(len(splits["train"])),
         "torch": torch.__version__,
     }

@@ -11,9 +11,10 @@ from conftest import run_cli
 import ferens.train as train_module
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
+from ferens.inference import predict_logits
 from ferens.models import create_member_model
 from ferens.predictions import load_run
-from ferens.train import predict_logits, train_member
+from ferens.train import train_member
 
 
 def _config(tiny_csv, tmp_path, **overrides) -> TrainConfig:
@@ -54,7 +55,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_csv, tmp_pa
     real_epoch = train_module.train_one_epoch
 
     def interrupted(*args, **kwargs):
-        if args[7] == 2:
+        if args[3] == 2:
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 

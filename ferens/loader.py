@@ -1,0 +1,141 @@
+"""Training batches: per-sample-seeded augmentation behind a ``torch.utils.data`` loader.
+
+Every random choice for a training image is drawn from a generator seeded by
+``(seed, epoch, sample index)``, so a batch is the same whether it was built in the training
+process (``workers=0``) or in any number of worker processes, and a resumed run sees the same
+images as an uninterrupted one. Batches are uint8 ``(B, H, W)``; scaling to [-1, 1] happens on
+the training device (``ferens.inference.to_tensor``), as timm's GPU prefetcher does.
+
+``engine=1`` configs keep the v1 stream (one albumentations pipeline seeded per epoch and
+consumed in index order, in the training process); it reproduces the members of
+``results/study``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ferens.augment import apply, train_pipeline
+from ferens.config import TrainConfig
+from ferens.sampling import epoch_order
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's order, oversampling and dropout (as in v1)."""
+    return seed * 100_003 + epoch
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one training image's random choices in one epoch."""
+    return (epoch_seed(seed, epoch) * 10_000_019 + int(index)) % 2**63
+
+
+def _reseed(pipeline, seed: int) -> None:
+    """Point the pipeline and all its transforms at one fresh generator pair (cheaper than
+    ``Compose.set_random_seed``, which builds a pair per transform)."""
+    rng, py_rng = np.random.default_rng(seed), random.Random(seed)
+    for t in (pipeline, *pipeline.transforms):
+        t.random_generator, t.py_random = rng, py_rng
+
+
+class AugmentedBatches(Dataset):
+    """Item ``(epoch, indices)`` -> ``(uint8 images (B,H,W), indices)`` with per-sample seeds.
+
+    With ``alternate_flip`` the random horizontal flip is replaced by a deterministic one:
+    image ``i`` is mirrored in epochs where ``epoch + i`` is odd, so every pair of epochs shows
+    both orientations.
+    """
+
+    def __init__(self, images: np.ndarray, cfg: TrainConfig):
+        self.images, self.seed = images, cfg.seed
+        self.alternate_flip = cfg.alternate_flip
+        self.pipeline = train_pipeline(cfg.augment, cfg.input_size, cfg.crop_size,
+                                       cfg.augment_override, flip=not cfg.alternate_flip)
+        self.identity = not self.pipeline.transforms
+
+    def __len__(self) -> int:  # items are whole batches chosen by the sampler
+        return 0
+
+    def __getitem__(self, item: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, indices = item
+        out = []
+        for i in indices:
+            img = self.images[i]
+            if self.alternate_flip and (epoch + i) % 2:
+                img = img[:, ::-1]
+            if not self.identity:
+                _reseed(self.pipeline, sample_seed(self.seed, epoch, i))
+                img = self.pipeline(image=np.ascontiguousarray(img))["image"]
+            out.append(img)
+        return torch.from_numpy(np.stack(out)), torch.from_numpy(np.asarray(indices))
+
+
+class EpochBatches:
+    """The batches of the current epoch (set ``epoch`` before iterating): the same
+    deterministic ``(seed, epoch)`` order and oversampling as v1, cut into batches."""
+
+    def __init__(self, labels: np.ndarray, cfg: TrainConfig):
+        self.labels, self.cfg, self.epoch = labels, cfg, 1
+
+    def order(self) -> np.ndarray:
+        cfg = self.cfg
+        return epoch_order(self.labels, epoch_seed(cfg.seed, self.epoch),
+                           oversample=cfg.imbalance == "oversample", power=cfg.oversample_power)
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        order = self.order()
+        for begin in range(0, len(order), self.cfg.batch_size):
+            idx = order[begin:begin + self.cfg.batch_size]
+            if len(idx) >= 2:  # a batch of one breaks batch norm
+                yield self.epoch, idx
+
+    def __len__(self) -> int:
+        return sum(1 for _ in range(0, len(self.labels), self.cfg.batch_size))
+
+
+def _quiet_worker(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+class TrainLoader:
+    """Iterate ``loader.epoch(e)`` for the batches of epoch ``e``.
+
+    engine 2: a ``DataLoader`` over :class:`AugmentedBatches` with ``workers`` processes
+    (pinned memory and persistent workers on CUDA). engine 1: the v1 per-epoch stream.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
+                 device: torch.device):
+        self.images, self.cfg = images, cfg
+        self.batches = EpochBatches(labels, cfg)
+        self.loader = None
+        if cfg.engine >= 2:
+            workers = cfg.workers
+            self.loader = DataLoader(
+                AugmentedBatches(images, cfg), batch_size=None, sampler=self.batches,
+                num_workers=workers, pin_memory=device.type == "cuda",
+                persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                worker_init_fn=_quiet_worker if workers else None,
+                generator=torch.Generator())  # leaves the global torch stream (dropout) alone
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.batches.epoch = epoch
+        if self.loader is not None:
+            yield from self.loader
+            return
+        cfg = self.cfg
+        pipeline = train_pipeline(cfg.augment, cfg.input_size, cfg.crop_size,
+                                  cfg.augment_override, seed=epoch_seed(cfg.seed, epoch))
+        for _, idx in self.batches:
+            yield torch.from_numpy(apply(pipeline, self.images[idx])), torch.from_numpy(idx)
