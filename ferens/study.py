@@ -30,6 +30,8 @@ from ferens.predictions import read_json, write_json
 
 SMALL_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.npz",
                  "predictions/test.npz")
+# Engine-2 members also predict the Training split, so they can teach without their weights.
+OPTIONAL_OUTPUTS = ("predictions/train.npz",)
 ALL_METHODS = ("mean", "logit-mean", "weighted", "greedy", "stack")
 
 
@@ -108,13 +110,14 @@ def is_committed(cfg: TrainConfig, results_dir: Path) -> bool:
     if not (saved / "summary.json").is_file():
         return False
     before = TrainConfig.load(saved / "config.json")
-    return not config_differences(before, cfg, ignore=("out_dir", "data", "threads"))
+    return not config_differences(before, cfg, ignore=("out_dir", "data", "threads", "workers"))
 
 
 def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
     """Copy a finished member's small outputs (never checkpoints) into results."""
     dest = results_dir / "members" / cfg.name
-    for name in SMALL_OUTPUTS:
+    optional = [n for n in OPTIONAL_OUTPUTS if (cfg.run_dir / n).is_file()]
+    for name in (*SMALL_OUTPUTS, *optional):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(cfg.run_dir / name, dest / name)
     return dest
@@ -129,6 +132,8 @@ def collect_finished(study: Study) -> list[str]:
 
 
 def _launch(cfg: TrainConfig, threads: int) -> subprocess.Popen:
+    """Start ``train-member --resume`` for one member; its own ``threads`` win when set."""
+    threads = cfg.threads or threads
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     spec = cfg.run_dir.parent / f"{cfg.name}.study.json"
     write_json(spec, cfg.to_dict())
