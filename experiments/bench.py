@@ -68,32 +68,53 @@ def bare_loop_rate(model_name: str, width: float, batch: int, steps: int, thread
     return steps * batch / (time.perf_counter() - start)
 
 
-def ferens_epoch_rate(model_name: str, width: float, batch: int, steps: int,
-                      threads: int) -> float:
-    """Images/s of ferens' train_one_epoch (augmentation, sampling, loss, metrics) on real data."""
+def _bench_config(model_name: str, width: float, batch: int, threads: int, engine: int = 2,
+                  workers: int = 0, augment: str = "light"):
+    from ferens.config import TrainConfig
+
+    return TrainConfig(model=model_name, width=width, batch_size=batch, augment=augment,
+                       threads=threads, epochs=1, engine=engine, workers=workers)
+
+
+def ferens_epoch_rate(model_name: str, width: float, batch: int, steps: int, threads: int,
+                      engine: int = 2, workers: int = 0, augment: str = "light") -> float:
+    """Images/s of ferens' train_one_epoch (loading, augmentation, sampling, loss, metrics)
+    on real data; ``engine`` 1 is the v1 loop, 2 the per-sample-seeded loader."""
     import torch
 
-    from ferens.config import TrainConfig
     from ferens.data import load_fer2013
-    from ferens.losses import build_loss
-    from ferens.models import create_member_model
-    from ferens.train import build_optimizer, cosine_with_warmup, train_one_epoch
+    from ferens.loader import TrainLoader
+    from ferens.train import build_parts, train_one_epoch
 
     torch.set_num_threads(threads)
-    cfg = TrainConfig(model=model_name, width=width, batch_size=batch, augment="light",
-                      threads=threads, epochs=1)
+    cfg = _bench_config(model_name, width, batch, threads, engine, workers, augment)
     train = load_fer2013(DATA).split("train")
-    train = train.subset(np.arange((steps + 3) * batch))
-    torch.manual_seed(0)
-    model = create_member_model(model_name, width=width).to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, cfg)
-    sched = cosine_with_warmup(opt, 1, steps + 3)
+    cpu = torch.device("cpu")
+    parts = build_parts(cfg, train.subset(np.arange((steps + 3) * batch)), cpu)
     warm = train.subset(np.arange(3 * batch))
-    loss_fn = build_loss("none", train.class_counts())
-    train_one_epoch(model, loss_fn, opt, sched, warm, cfg, torch.device("cpu"), 1, False)
-    rest = train.subset(np.arange(3 * batch, len(train)))
-    return train_one_epoch(model, loss_fn, opt, sched, rest, cfg, torch.device("cpu"), 2,
-                           False)["images_per_second"]
+    train_one_epoch(parts, TrainLoader(warm.images, warm.labels, cfg, cpu), cfg, 1, False)
+    rest = train.subset(np.arange(3 * batch, (steps + 3) * batch))
+    loader = TrainLoader(rest.images, rest.labels, cfg, cpu)
+    return train_one_epoch(parts, loader, cfg, 2, False)["images_per_second"]
+
+
+def loader_rate(batch: int, steps: int, workers: int, augment: str = "strong") -> float:
+    """Images/s of the engine-2 training loader alone (no model): is a machine data-bound?"""
+    import torch
+
+    from ferens.data import load_fer2013
+    from ferens.loader import TrainLoader
+
+    cfg = _bench_config("resnet18", 0.5, batch, 1, 2, workers, augment)
+    train = load_fer2013(DATA).split("train")
+    part = train.subset(np.arange((steps + 3) * batch))
+    loader = TrainLoader(part.images, part.labels, cfg, torch.device("cpu"))
+    for _ in loader.epoch(1):  # start the workers, warm the caches
+        pass
+    start, seen = time.perf_counter(), 0
+    for images, _ in loader.epoch(2):
+        seen += len(images)
+    return seen / (time.perf_counter() - start)
 
 
 def child(args: list[str]) -> dict:
@@ -116,8 +137,11 @@ def run_child(ns: argparse.Namespace) -> None:
     if ns.kind == "bare":
         rate = bare_loop_rate(ns.model, ns.width, ns.batch, ns.steps, ns.threads,
                               channels_last=not ns.contiguous)
+    elif ns.kind == "loader":
+        rate = loader_rate(ns.batch, ns.steps, ns.workers, ns.augment)
     else:
-        rate = ferens_epoch_rate(ns.model, ns.width, ns.batch, ns.steps, ns.threads)
+        rate = ferens_epoch_rate(ns.model, ns.width, ns.batch, ns.steps, ns.threads,
+                                 ns.engine, ns.workers, ns.augment)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rate": rate, "rss_mb": rss}))
 
@@ -154,6 +178,34 @@ def bench_training(repeats: int, steps: int, rows: list) -> None:
                  f"{max(o['rss_mb'] for o in ours):.0f}", "ferens train_one_epoch child"))
 
 
+def bench_engine(repeats: int, steps: int, rows: list) -> None:
+    """The v1 loop against the engine-2 loop (same member, strong augmentation, one thread),
+    repeats interleaved so drift hits both alike; then the loader alone by worker count and
+    the model's own step rate."""
+    common = ["--model", "resnet18", "--width", "0.5", "--batch", "64", "--steps", str(steps),
+              "--augment", "strong", "--threads", "1"]
+    old, new, new2 = [], [], []
+    for _ in range(repeats):
+        old.append(child(["--kind", "ferens", *common, "--engine", "1"])["rate"])
+        new.append(child(["--kind", "ferens", *common, "--engine", "2"])["rate"])
+        new2.append(child(["--kind", "ferens", *common, "--engine", "2", "--workers", "2"])["rate"])
+    ratio = statistics.median(new) / statistics.median(old)
+    rows.append(("8. v1 loop (engine 1), resnet18 w0.5, strong aug, 1 thread (img/s)",
+                 median_spread(old), ""))
+    rows.append(("8. engine 2, --workers 0, same (img/s)", median_spread(new),
+                 f"ratio {ratio:.3f} vs v1 (target >= 0.97)"))
+    rows.append(("8. engine 2, --workers 2, same (img/s)", median_spread(new2),
+                 f"ratio {statistics.median(new2) / statistics.median(old):.3f} vs v1"))
+    for workers in (0, 1, 2):
+        rates = [child(["--kind", "loader", *common, "--workers", str(workers)])["rate"]
+                 for _ in range(repeats)]
+        rows.append((f"8. loader alone, strong aug, --workers {workers} (img/s)",
+                     median_spread(rates), "uint8 batches of 64, no model"))
+    bare = [child(["--kind", "bare", *common])["rate"] for _ in range(repeats)]
+    rows.append(("8. model step alone (forward+backward+AdamW), 1 thread (img/s)",
+                 median_spread(bare), "tensors already in memory"))
+
+
 def bench_data(repeats: int, rows: list) -> None:
     from ferens.data import load_fer2013
 
@@ -183,8 +235,8 @@ def bench_inference(repeats: int, rows: list) -> None:
 
     from ferens.config import TrainConfig
     from ferens.data import load_fer2013
+    from ferens.inference import predict_logits
     from ferens.models import create_member_model
-    from ferens.train import predict_logits
 
     torch.set_num_threads(os.cpu_count() or 1)
     test = load_fer2013(DATA).split("test")
@@ -360,8 +412,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--contiguous", action="store_true")
+    parser.add_argument("--engine", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--augment", default="light")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
-    parser.add_argument("--only", default="training,data,inference,predict,ensemble")
+    parser.add_argument("--only", default="training,engine,data,inference,predict,ensemble")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench.md")
     ns = parser.parse_args()
     if ns.child:
@@ -375,6 +430,8 @@ def main() -> None:
         bench_data(repeats, rows)
     if "training" in parts:
         bench_training(repeats, steps, rows)
+    if "engine" in parts:
+        bench_engine(repeats, steps, rows)
     if "inference" in parts:
         bench_inference(repeats, rows)
     if "predict" in parts:

@@ -71,6 +71,25 @@ def train_member_cmd(
     seed: int | None = typer.Option(None, help="Random seed [0]."),
     threads: int | None = typer.Option(None, help="CPU threads (0 = auto)."),
     max_train_samples: int | None = typer.Option(None, help="Stratified training subset size."),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda | cuda:N [auto]."),
+    precision: str | None = typer.Option(
+        None, help="auto | fp32 | bf16 | fp16 [auto: bf16 on a CUDA GPU, fp32 on the CPU]."),
+    workers: int | None = typer.Option(None, help="Loader worker processes (0 = in-process)."),
+    compile: bool | None = typer.Option(None, "--compile/--no-compile",
+                                        help="torch.compile the model [off]."),
+    crop_size: int | None = typer.Option(None, help="Random crops of this size (0 = none)."),
+    ema_decay: float | None = typer.Option(None, help="EMA of the weights (0 = off)."),
+    mixup_alpha: float | None = typer.Option(None, help="Mixup Beta alpha (0 = off)."),
+    cutmix_alpha: float | None = typer.Option(None, help="CutMix Beta alpha (0 = off)."),
+    mix_prob: float | None = typer.Option(None, help="Share of batches mixed [1.0]."),
+    alternate_flip: bool | None = typer.Option(None, "--alternate-flip/--random-flip",
+                                               help="Flip every other epoch, not at random."),
+    ferplus_soft: float | None = typer.Option(
+        None, help="Weight of FER+ vote shares in the training targets (needs --ferplus)."),
+    teacher: str | None = typer.Option(
+        None, help="Run or ensemble folder whose predictions/train.npz to distil from."),
+    distill_weight: float | None = typer.Option(None, help="Weight of the teacher term [0.5]."),
+    distill_temperature: float | None = typer.Option(None, help="Distillation T [2.0]."),
     set_: list[str] = typer.Option([], "--set", help="Any config field: --set focal_gamma=1.5"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
@@ -222,11 +241,12 @@ def study_cmd(
     no_train: bool = typer.Option(False, "--no-train",
                                   help="Only ensemble and report what has finished."),
     only: list[str] | None = typer.Option(None, help="Train only this member (repeatable)."),
+    threads: int | None = typer.Option(None, help="Threads per lane [cores // lanes]."),
 ) -> None:
     """Run a whole study: train missing members (resumable), ensemble them, write the report."""
     from ferens.study import run_study
 
-    outcome = run_study(study, lanes=lanes, train=not no_train, only=only)
+    outcome = run_study(study, lanes=lanes, train=not no_train, only=only, threads=threads)
     if outcome["failed"]:
         raise FerensError(f"members failed: {outcome['failed']}")
 

@@ -4,8 +4,10 @@
     ferens study experiments/study.toml --lanes 1  # one member at a time on every core
     ferens study experiments/study.toml --only strong-e25  # reproduce one member
 
-Members train as subprocesses, ``lanes`` at a time with ``cores // lanes`` threads each (on a
-2-core CPU two one-thread members beat one two-thread member). Finished members are skipped;
+Members train as subprocesses, ``lanes`` at a time with ``cores // lanes`` threads each
+(``threads`` overrides that share; on a 2-core CPU two one-thread members beat one two-thread
+member). On a GPU machine one member trains per GPU, with the cores split into its loader
+workers. Finished members are skipped;
 interrupted ones resume from their last epoch. Each finished member's small outputs are copied
 to ``results_dir/members/<name>`` at once, so nothing finished is lost when a session ends.
 Then every ensemble method runs, the runs named in ``adjust`` get a ``ferens adjust``
@@ -131,21 +133,61 @@ def collect_finished(study: Study) -> list[str]:
     return [cfg.name for cfg in done]
 
 
-def _launch(cfg: TrainConfig, threads: int) -> subprocess.Popen:
-    """Start ``train-member --resume`` for one member; its own ``threads`` win when set."""
-    threads = cfg.threads or threads
+def gpu_lane_plan(pending: int, gpus: int, cores: int | None = None) -> tuple[int, int]:
+    """(lanes, loader workers per lane) on a GPU machine: one member per GPU at a time, the
+    CPU cores split between the lanes, one for the training process and the rest loading."""
+    cores = cores or os.cpu_count() or 1
+    lanes = max(1, min(gpus, pending or 1))
+    return lanes, max(0, cores // lanes - 1)
+
+
+def cuda_device_count() -> int:
+    """CUDA devices visible to training children (0 without torch's CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@dataclass
+class Slot:
+    """Where a lane's member runs: threads, loader workers and, on a GPU machine, its GPU."""
+
+    threads: int
+    workers: int | None = None
+    gpu: int | None = None
+
+
+def _launch(cfg: TrainConfig, slot: Slot) -> subprocess.Popen:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     spec = cfg.run_dir.parent / f"{cfg.name}.study.json"
     write_json(spec, cfg.to_dict())
-    env = os.environ | {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    env = os.environ | {"OMP_NUM_THREADS": str(slot.threads), "OMP_WAIT_POLICY": "PASSIVE"}
     cmd = [sys.executable, "-m", "ferens.cli", "train-member", "--config", str(spec),
-           "--threads", str(threads), "--resume"]
+           "--threads", str(slot.threads), "--resume"]
+    if slot.gpu is not None:  # the child sees only its own GPU, as cuda:0
+        env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
+    if slot.workers is not None:
+        cmd += ["--workers", str(slot.workers)]
     with open(cfg.run_dir.parent / f"{cfg.name}.log", "a") as log:  # the child keeps its copy
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def plan_slots(study: Study, pending: list[TrainConfig], lanes: int | None = None,
+               threads: int | None = None, gpus: int | None = None) -> list[Slot]:
+    """One slot per lane. CPU: ``lanes`` single-thread lanes per core (``threads`` overrides
+    the per-lane share). GPU machine: one lane per GPU with the cores as loader workers."""
+    gpus = cuda_device_count() if gpus is None else gpus
+    if gpus and any(m.device != "cpu" for m in pending):
+        n_lanes, workers = gpu_lane_plan(len(pending), gpus)
+        return [Slot(threads=1, workers=workers, gpu=i) for i in range(n_lanes)]
+    n_lanes, per_lane = lane_plan(len(pending), lanes if lanes is not None else study.lanes)
+    return [Slot(threads=threads or per_lane) for _ in range(n_lanes)]
+
+
 def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
-                  only: list[str] | None = None) -> list[str]:
+                  only: list[str] | None = None, threads: int | None = None) -> list[str]:
     """Train every unfinished member (or those in ``only``), ``lanes`` at a time; returns the
     names that failed."""
     unknown = sorted(set(only or []) - {m.name for m in study.members})
@@ -155,22 +197,28 @@ def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
     committed = {m.name for m in study.members if is_committed(m, study.results_dir)}
     pending = [m for m in study.members
                if m.name not in committed and (not only or m.name in only)]
-    n_lanes, threads = lane_plan(len(pending), lanes if lanes is not None else study.lanes)
-    _say(f"{len(committed)} finished, {len(pending)} to train "
-         f"({n_lanes} lane(s) x {threads} thread(s)); logs in <out_dir>/<name>.log")
-    running: dict[str, tuple[subprocess.Popen, TrainConfig, float]] = {}
+    slots = plan_slots(study, pending, lanes, threads)
+    where = (f"{len(slots)} GPU lane(s) x {slots[0].workers} loader worker(s)"
+             if slots[0].gpu is not None else
+             f"{len(slots)} lane(s) x {slots[0].threads} thread(s)")
+    _say(f"{len(committed)} finished, {len(pending)} to train ({where}); "
+         "logs in <out_dir>/<name>.log")
+    running: dict[str, tuple[subprocess.Popen, TrainConfig, float, Slot]] = {}
+    free = list(slots)
     failed = []
     try:
         while pending or running:
-            while pending and len(running) < n_lanes:
-                cfg = pending.pop(0)
-                running[cfg.name] = (_launch(cfg, threads), cfg, time.time())
-                _say(f"started {cfg.name}")
+            while pending and free:
+                cfg, slot = pending.pop(0), free.pop(0)
+                running[cfg.name] = (_launch(cfg, slot), cfg, time.time(), slot)
+                _say(f"started {cfg.name}" + (f" on GPU {slot.gpu}" if slot.gpu is not None
+                                              else ""))
             time.sleep(poll)
-            for name, (proc, cfg, start) in list(running.items()):
+            for name, (proc, cfg, start, slot) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 del running[name]
+                free.append(slot)
                 minutes = (time.time() - start) / 60
                 if proc.returncode == 0 and is_finished(cfg):
                     collect_member(cfg, study.results_dir)
@@ -180,7 +228,7 @@ def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
                     failed.append(name)
                     _say(f"FAILED {name} (exit {proc.returncode}); see its log")
     except KeyboardInterrupt:
-        for proc, _, _ in running.values():
+        for proc, *_ in running.values():
             proc.terminate()
         _say("interrupted; run the same command again to resume")
         raise
@@ -226,12 +274,12 @@ def combine_and_report(study: Study) -> dict:
 
 
 def run_study(path: str | Path, lanes: int | None = None, train: bool = True,
-              only: list[str] | None = None) -> dict:
+              only: list[str] | None = None, threads: int | None = None) -> dict:
     """Train what is missing (or only the members named in ``only``), then ensemble and
     report; safe to re-run at any point."""
     study = load_study(path)
     if train:
-        failed = train_members(study, lanes, only=only)
+        failed = train_members(study, lanes, only=only, threads=threads)
     else:
         failed = []
         _say(f"collected finished members: {collect_finished(study)}")

@@ -85,3 +85,20 @@ def test_study_trains_members_side_by_side_then_ensembles_and_reports(tmp_path, 
     shutil.rmtree(results / "members" / "b")
     assert run_study(path, only=["a"])["adjusted"] == [str(results / "adjusted" / "a-adjusted")]
     assert not (tmp_path / "runs" / "b").exists()
+
+
+def test_a_gpu_machine_gets_one_lane_per_gpu_with_the_cores_as_loader_workers(tmp_path,
+                                                                              tiny_csv):
+    from ferens.study import gpu_lane_plan, plan_slots
+
+    assert gpu_lane_plan(pending=5, gpus=1, cores=16) == (1, 15)
+    assert gpu_lane_plan(pending=5, gpus=4, cores=16) == (4, 3)
+    assert gpu_lane_plan(pending=1, gpus=4, cores=16) == (1, 15)
+    study = load_study(_study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n'
+                                                       '[[members]]\nname = "b"\n'))
+    slots = plan_slots(study, study.members, gpus=2)
+    assert [(s.gpu, s.threads) for s in slots] == [(0, 1), (1, 1)]
+    cpu = plan_slots(study, study.members, gpus=0)
+    assert all(s.gpu is None and s.workers is None for s in cpu)
+    assert [s.threads for s in plan_slots(study, study.members, lanes=1, threads=1,
+                                          gpus=0)] == [1]
