@@ -30,6 +30,7 @@ from ferens.predictions import (
     Predictions,
     Run,
     check_output_folder,
+    load_predictions,
     load_run,
     save_predictions,
     split_metrics,
@@ -431,6 +432,24 @@ def _summary(name: str, members: list[Run], result: EnsembleResult, loo: dict) -
     }
 
 
+def train_split_predictions(result: EnsembleResult, run_dirs: list[Path]) -> Predictions | None:
+    """The fitted ensemble applied to its members' saved Training-split predictions (what a
+    distilled member learns from), or None when a member has none. Nothing is fitted here."""
+    paths = [d / "predictions" / "train.npz" for d in run_dirs]
+    if not all(p.is_file() for p in paths):
+        return None
+    preds = [load_predictions(p) for p in paths]
+    ref = preds[0]
+    preds = [ref] + [_aligned(p, ref, f"{n} ({d})", "train")
+                     for p, n, d in zip(preds[1:], result.members[1:], run_dirs[1:], strict=True)]
+    if result.temperatures:
+        preds = [_with_temperature(p, result.temperatures[n]["T"])
+                 for p, n in zip(preds, result.members, strict=True)]
+    params = fitted_parameters(result.method, result.details, result.members)
+    return _as_predictions(apply_combination(result.method, params,
+                                             [p.log_probs for p in preds]), ref)
+
+
 def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
                    out: str | Path = "ensembles/ensemble", temperature: bool = False,
                    seed: int = 0, greedy_metric: str = "accuracy") -> Run:
@@ -455,6 +474,9 @@ def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
     summary = _summary(out.name, members, result, loo)
     for split, preds in result.splits.items():
         save_predictions(out / "predictions" / f"{split}.npz", preds)
+    train = train_split_predictions(result, run_dirs)
+    if train is not None:
+        save_predictions(out / "predictions" / "train.npz", train)
     write_json(out / "config.json", config)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     write_json(out / "summary.json", summary)

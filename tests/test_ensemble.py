@@ -23,6 +23,7 @@ from ferens.ensemble import (
 from ferens.errors import FerensError
 from ferens.predictions import (
     Predictions,
+    load_predictions,
     load_run,
     read_json,
     save_predictions,
@@ -259,3 +260,23 @@ def test_ensemble_module_itself_imports_no_torch():
             f"pkg.__path__ = [{package_dir!r}]; sys.modules['ferens'] = pkg; "
             "import ferens.ensemble; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("temperature", [False, True])
+def test_the_fitted_ensemble_is_applied_to_the_members_training_predictions(tmp_path, method,
+                                                                             temperature):
+    members = complementary_members(tmp_path / "m")
+    for d in members:  # Training predictions identical to test ones, under other row ids
+        test = load_predictions(d / "predictions" / "test.npz")
+        save_predictions(d / "predictions" / "train.npz",
+                         Predictions(test.logits, test.labels, test.row_ids + 50_000))
+    out = tmp_path / "ens"
+    build_ensemble(members, method=method, out=out, temperature=temperature)
+    train = load_predictions(out / "predictions" / "train.npz")
+    test = load_predictions(out / "predictions" / "test.npz")
+    assert np.array_equal(train.row_ids, test.row_ids + 50_000)
+    assert np.allclose(train.log_probs, test.log_probs, atol=1e-5)
+    (members[1] / "predictions" / "train.npz").unlink()
+    build_ensemble(members, method=method, out=tmp_path / "ens2", temperature=temperature)
+    assert not (tmp_path / "ens2" / "predictions" / "train.npz").exists()
