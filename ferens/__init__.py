@@ -21,6 +21,7 @@ _EXPORTS = {
     "build_ensemble": "ferens.ensemble", "combine": "ferens.ensemble",
     "adjust_run": "ferens.adjust",
     "write_report": "ferens.report",
+    "load_model": "ferens.shipped", "ExpressionModel": "ferens.shipped",
 }
 __all__ = sorted(_EXPORTS)
 

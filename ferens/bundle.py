@@ -149,12 +149,20 @@ def _verify(run_dir: Path, combiner: dict, member_dirs: list[Path]) -> float:
     return diff
 
 
-def _write_member(src: Path, dest: Path, onnx: bool) -> dict:
-    """Copy one member's config and weights (and export ONNX); returns its manifest entry."""
+def _write_member(src: Path, dest: Path, onnx: bool, half: bool = False) -> dict:
+    """Copy one member's config and weights (fp16 with ``half``; ONNX too with ``onnx``);
+    returns its manifest entry."""
     cfg = TrainConfig.load(src / "config.json")
     dest.mkdir(parents=True)
     cfg.save(dest / "config.json")
-    shutil.copyfile(src / WEIGHTS_FILE, dest / "model.safetensors")
+    if half:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(src / WEIGHTS_FILE))
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+                  str(dest / "model.safetensors"))
+    else:
+        shutil.copyfile(src / WEIGHTS_FILE, dest / "model.safetensors")
     if onnx:
         export_onnx(load_member_model(cfg, dest / "model.safetensors", torch.device("cpu")), cfg,
                     dest / "model.onnx")
@@ -187,8 +195,13 @@ def _prepare_out(out: Path) -> Path:
     return tmp
 
 
-def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False) -> Path:
-    """Pack a member, ensemble or adjusted run folder into a self-contained bundle at `out`."""
+def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, half: bool = False,
+                  provenance: dict | None = None) -> Path:
+    """Pack a member, ensemble or adjusted run folder into a self-contained bundle at `out`.
+
+    ``half`` stores the weights as float16 (half the size; they are widened to float32 on
+    load); ``provenance`` (e.g. source commit, accuracy, the command that made it) is kept in
+    the manifest as given."""
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
         raise FerensError(f"{run_dir}: run folder not found")
@@ -197,7 +210,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False) -> P
     verified = None if "member" in combiner else _verify(run_dir, combiner, plan.member_dirs)
     tmp = _prepare_out(out)
     try:
-        members = [_write_member(d, tmp / "members" / str(i), onnx)
+        members = [_write_member(d, tmp / "members" / str(i), onnx, half)
                    for i, d in enumerate(plan.member_dirs)]
         config = read_json(run_dir / "config.json")
         manifest = {
@@ -208,6 +221,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False) -> P
             "method": combiner.get("method"), "class_names": _class_names(run_dir),
             "onnx": onnx, "members": members, "combiner": combiner,
             "verified_max_test_probability_difference": verified,
+            "weights_dtype": "float16" if half else "float32",
+            "provenance": provenance or {},
         }
         write_json(tmp / MANIFEST, manifest)
         shutil.rmtree(out, ignore_errors=True)

@@ -190,12 +190,13 @@ def export_cmd(
     run: Path = typer.Argument(..., help="A train-member, ensemble or adjusted run folder."),
     out: Path = typer.Option(..., help="Bundle folder to write, e.g. model.ferens."),
     onnx: bool = typer.Option(False, "--onnx", help="Also write an ONNX model per member."),
+    half: bool = typer.Option(False, "--half", help="Store the weights as float16 (half size)."),
 ) -> None:
     """Pack a member, ensemble or adjusted run into a self-contained bundle (safetensors + JSON)."""
     from ferens.bundle import export_bundle
     from ferens.predictions import read_json
 
-    path = export_bundle(run, out, onnx=onnx)
+    path = export_bundle(run, out, onnx=onnx, half=half)
     manifest = read_json(path / "manifest.json")
     check = manifest["verified_max_test_probability_difference"]
     how = manifest["method"] or {"adjusted": "logit-adjusted"}.get(manifest["kind"], "member")
@@ -207,31 +208,69 @@ def export_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    bundle: Path = typer.Argument(..., help="A bundle written by `ferens export`."),
-    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    inputs: list[Path] = typer.Argument(..., help="Images, videos and/or folders of them."),
+    model: Path | None = typer.Option(
+        None, help="A bundle written by `ferens export` [the model shipped with ferens]."),
     out: Path = typer.Option(Path("predictions"), help="Folder for predictions.csv/.json."),
     no_detect: bool = typer.Option(False, "--no-detect",
                                    help="Treat each image as an aligned face crop."),
     annotate: bool = typer.Option(False, "--annotate",
-                                  help="Write annotated copies to OUT/annotated/."),
+                                  help="Write annotated copies of images to OUT/annotated/."),
     detector: str = typer.Option("auto", help="auto | haar (OpenCV 4) | lbp (scikit-image)."),
+    min_face: int = typer.Option(48, help="Smallest face searched for, in pixels."),
+    every: int | None = typer.Option(None, help="Videos: predict every N-th frame."),
+    fps: float | None = typer.Option(None, help="Videos: frames sampled per second [5]."),
+    detect_every: int = typer.Option(
+        1, help="Videos: detect faces on every K-th sampled frame, reuse the boxes between."),
     backend: str = typer.Option("torch", help="torch | onnx (needs an --onnx export)."),
     batch_size: int = typer.Option(256, help="Faces per forward pass."),
     threads: int = typer.Option(0, help="CPU threads (0 = $OMP_NUM_THREADS or all cores)."),
 ) -> None:
-    """Find faces in images and write one row per face (box, class probabilities, top class)."""
-    from ferens.bundle import load_bundle
+    """Find faces in images and videos; write one row per face (box, class probabilities, top
+    class), a summary and a timeline plot per video."""
     from ferens.inference import configure_threads
     from ferens.predict import format_summary, predict_images, write_predictions
+    from ferens.shipped import load_model
 
+    if every is not None and fps is not None:
+        raise FerensError("give --every or --fps, not both")
     configure_threads(threads)
-    loaded = load_bundle(bundle)
+    loaded = load_model(model).bundle
     frame = predict_images(loaded, inputs, detect=not no_detect,
                            annotate_dir=out / "annotated" if annotate else None,
-                           batch_size=batch_size, backend=backend, detector=detector)
+                           batch_size=batch_size, backend=backend, detector=detector,
+                           min_face=min_face, every=every, fps=fps, detect_every=detect_every)
     csv_path, json_path = write_predictions(frame, out, loaded)
     print(format_summary(frame))
-    print(f"wrote {csv_path} and {json_path}")
+    print(f"wrote {csv_path} and {json_path}"
+          + (f" and {len(frame.attrs['videos'])} timeline(s) in {out / 'timelines'}"
+             if frame.attrs["videos"] else ""))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Path | None = typer.Option(None, help="A bundle [the model shipped with ferens]."),
+    data: str | None = typer.Option(None, envvar="FERENS_DATA",
+                                    help="fer2013.csv(.gz) or image folder [../shared/...]."),
+    split: str = typer.Option("test", help="train | val | test (PrivateTest = test)."),
+    backend: str = typer.Option("torch", help="torch | onnx."),
+    out: Path | None = typer.Option(None, help="Also write the metrics to this JSON file."),
+    threads: int = typer.Option(0, help="CPU threads (0 = $OMP_NUM_THREADS or all cores)."),
+) -> None:
+    """Accuracy, macro-F1 and per-class recall of a bundle on labelled FER2013 data."""
+    from ferens.evaluate import evaluate_bundle
+    from ferens.inference import configure_threads
+    from ferens.predictions import write_json
+    from ferens.shipped import load_model
+
+    configure_threads(threads)
+    metrics = evaluate_bundle(load_model(model).bundle, data, split, backend)
+    print(f"{metrics['model']} on {metrics['data']} [{split}, {metrics['rows']} rows]: "
+          f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    print("recall: " + ", ".join(f"{c} {r:.3f}" for c, r in metrics["per_class_recall"].items()))
+    if out is not None:
+        write_json(out, metrics)
+        print(f"wrote {out}")
 
 
 @app.command("study")

@@ -5,8 +5,12 @@
     >>> rows = predict_images(load_bundle("model.ferens"), ["photos/"])   # doctest: +SKIP
     >>> rows.attrs["skipped"]                                             # doctest: +SKIP
 
-One row per face: file, face index, box (x, y, w, h in the original image), a probability per
-class, the top class and its probability. Files that cannot be used (missing, unreadable, not an
+One row per face: file, face index, video frame and time (empty for photos), box (x, y, w, h
+in the original image), a probability per class, the top class and its probability. Videos
+(.mp4 .avi .mov .mkv .webm) are read frame by frame with OpenCV, sampled (``every`` N frames or
+``fps``), and streamed through the model in batches, so memory stays flat on long videos; each
+gets a summary (share of each emotion, the dominant one) in ``rows.attrs["videos"]``.
+Files that cannot be used (missing, unreadable, not an
 image, no face found) are listed in ``rows.attrs["skipped"]`` with a reason; they never stop the
 batch. ``rows.attrs["summary"]`` counts files, faces and skips by reason.
 
@@ -20,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,19 +37,24 @@ from ferens.errors import FerensError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
                   ".pbm", ".pnm", ".jp2"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+DEFAULT_VIDEO_FPS = 5.0  # frames sampled per second of video unless --every or --fps says
 DETECTORS = ("auto", "haar", "lbp")
 # Margin per side (fraction of the box side) so crops frame faces as FER2013 does: on 300
 # FER2013 test faces upscaled 3x, both detectors' boxes span a median 0.972 of the crop's side.
 # Wider crops cost accuracy: with a 0.2 margin a member's accuracy on them fell from 53% to 37%.
 MARGIN = 0.015
-# Smallest face searched (pixels) and, for LBP, hits a face needs. Picked on the astronaut photo
-# (PNG and JPEG) and 120 FER2013 faces pasted into canvases: LBP with 7 neighbours finds 70/120
-# with no hit on the astronaut's suit (Haar, 5 neighbours: 89/120); fewer let LBP fire on it.
-MIN_FACE = {"haar": 24, "lbp": 36}
+# Smallest face searched (pixels; --min-face). 48 = FER2013's own resolution: smaller faces would
+# be upsampled, and scanning down to 24 px made detection about 2x slower (results/bench.md).
+# LBP hits a face needs: picked on the astronaut photo (PNG and JPEG) and 120 FER2013 faces
+# pasted into canvases: LBP with 7 neighbours finds 70/120 with no hit on the astronaut's suit
+# (Haar, 5 neighbours: 89/120); fewer let LBP fire on it.
+DEFAULT_MIN_FACE = 48
+LBP_MIN_FACE = 36
 LBP_NEIGHBOURS = 7
 DETECT_MAX_SIDE = 1600
 HAAR_FILE = "haarcascade_frontalface_default.xml"
-SKIP_REASONS = ("not found", "unreadable", "not an image", "no face found")
+SKIP_REASONS = ("not found", "unreadable", "not an image", "not a video", "no face found")
 
 Box = tuple[int, int, int, int]
 
@@ -92,19 +101,19 @@ def haar_available() -> bool:
             and (Path(data.haarcascades) / HAAR_FILE).is_file())
 
 
-def _haar() -> Callable[[np.ndarray], list[Box]]:
+def _haar(min_face: int) -> Callable[[np.ndarray], list[Box]]:
     cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / HAAR_FILE))
     return lambda gray: [tuple(b) for b in cascade.detectMultiScale(
-        gray, scaleFactor=1.1, minNeighbors=5, minSize=(MIN_FACE["haar"], MIN_FACE["haar"]))]
+        gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_face, min_face))]
 
 
-def _lbp() -> Callable[[np.ndarray], list[Box]]:
+def _lbp(min_face: int) -> Callable[[np.ndarray], list[Box]]:
     from skimage import data, feature
 
     cascade = feature.Cascade(data.lbp_frontal_face_cascade_filename())
 
     def find(gray: np.ndarray) -> list[Box]:
-        side = MIN_FACE["lbp"]
+        side = max(LBP_MIN_FACE, min_face)
         if min(gray.shape) < side:
             return []
         raw = cascade.detect_multi_scale(img=gray.astype(np.float32) / 255, scale_factor=1.1,
@@ -138,16 +147,20 @@ def group_boxes(boxes: np.ndarray, min_neighbours: int, eps: float = 0.2) -> lis
     return out
 
 
-def face_detector(name: str = "auto", margin: float | None = None) -> FaceDetector:
-    """`haar` (OpenCV 4.x), `lbp` (scikit-image's copy of OpenCV's LBP cascade) or `auto`."""
+def face_detector(name: str = "auto", margin: float | None = None,
+                  min_face: int = DEFAULT_MIN_FACE) -> FaceDetector:
+    """`haar` (OpenCV 4.x), `lbp` (scikit-image's copy of OpenCV's LBP cascade) or `auto`;
+    faces smaller than ``min_face`` pixels are not searched for."""
     if name not in DETECTORS:
         raise FerensError(f"unknown detector {name!r}; choose one of {list(DETECTORS)}")
+    if not isinstance(min_face, int) or not 8 <= min_face <= 4096:
+        raise FerensError(f"--min-face {min_face!r}: expected whole pixels from 8 to 4096")
     if name == "auto":
         name = "haar" if haar_available() else "lbp"
     if name == "haar" and not haar_available():
         raise FerensError(f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 dropped "
                           "them); use --detector lbp or install opencv-python-headless<5")
-    find = _haar() if name == "haar" else _lbp()
+    find = _haar(min_face) if name == "haar" else _lbp(min_face)
     return FaceDetector(name, MARGIN if margin is None else margin, find)
 
 
@@ -156,8 +169,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[dict]]
     files, skipped = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in item.rglob("*") if p.is_file()
+                            and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
         elif item.exists():
             files.append(item)
         else:
@@ -204,12 +217,14 @@ def crop_face(gray: np.ndarray, box: Box, margin: float) -> np.ndarray:
 
 @dataclass
 class _Pending:
-    """Faces of one image waiting for their batch to be predicted."""
+    """Faces of one image (or video frame) waiting for their batch to be predicted."""
 
     path: Path
     boxes: list[Box]
     faces: list[np.ndarray]
     image: np.ndarray | None
+    frame: int | None = None
+    time_s: float | None = None
 
 
 @dataclass
@@ -242,7 +257,8 @@ class _Predictor:
             for i, (box, p) in enumerate(zip(item.boxes, part, strict=True)):
                 top = int(p.argmax())
                 per_class = dict(zip(names, map(float, p), strict=True))
-                self.rows.append({"file": str(item.path), "face": i, "x": box[0], "y": box[1],
+                self.rows.append({"file": str(item.path), "face": i, "frame": item.frame,
+                                  "time_s": item.time_s, "x": box[0], "y": box[1],
                                   "w": box[2], "h": box[3], **per_class,
                                   "top_class": names[top], "top_prob": float(p[top])})
             if self.annotate_dir is not None:
@@ -291,17 +307,94 @@ def _faces_of(gray: np.ndarray, detector: FaceDetector | None) -> tuple[list[Box
     return boxes, [crop_face(gray, b, detector.margin) for b in boxes]
 
 
+def sample_video(path: Path, every: int | None = None, fps: float | None = None
+                 ) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame index, time in s, BGR frame) of the sampled frames, decoded one at a time:
+    every ``every``-th frame, else about ``fps`` frames per second (default 5). Frames in
+    between are grabbed, not decoded. Raises SkipFile when no frame can be decoded."""
+    if every is not None and every < 1:
+        raise FerensError(f"--every {every}: expected a whole number of frames >= 1")
+    if fps is not None and not fps > 0:
+        raise FerensError(f"--fps {fps}: expected a positive number of frames per second")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise SkipFile("not a video", "OpenCV cannot open it (corrupt, empty or not a video)")
+    video_fps = capture.get(cv2.CAP_PROP_FPS)
+    video_fps = video_fps if np.isfinite(video_fps) and video_fps > 0 else 25.0
+    step = every or max(1, round(video_fps / (fps or DEFAULT_VIDEO_FPS)))
+    index, decoded = 0, 0
+    try:
+        while True:
+            if index % step:
+                if not capture.grab():
+                    break
+            else:
+                ok, image = capture.read()
+                if not ok or image is None:
+                    break
+                decoded += 1
+                yield index, round(index / video_fps, 3), image
+            index += 1
+    finally:
+        capture.release()
+    if not decoded:
+        raise SkipFile("not a video", "no frame could be decoded (corrupt or truncated)")
+
+
+def _predict_video(path: Path, predictor: _Predictor, finder: FaceDetector | None,
+                   every: int | None, fps: float | None, detect_every: int) -> dict:
+    """Stream a video's sampled frames into the predictor; returns what was sampled."""
+    sampled, boxes = 0, []
+    for index, time_s, image in sample_video(path, every, fps):
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        if finder is None:
+            boxes = [(0, 0, gray.shape[1], gray.shape[0])]
+            faces = [to_face(gray)]
+        else:
+            if sampled % detect_every == 0:  # in between, the last boxes are reused
+                boxes = finder.detect(gray)
+            faces = [crop_face(gray, b, finder.margin) for b in boxes]
+        sampled += 1
+        if faces:
+            predictor.add(_Pending(path, list(boxes), faces, None, index, time_s))
+    return {"frames_sampled": sampled}
+
+
+def video_summary(rows: pd.DataFrame, class_names: tuple[str, ...], sampled: dict) -> dict:
+    """Share of each emotion among the sampled faces (by top class), the dominant one, the mean
+    probability of each class, and how many frames had a face."""
+    shares = rows["top_class"].value_counts(normalize=True)
+    share = {c: float(shares.get(c, 0.0)) for c in class_names}
+    return {"frames_sampled": sampled["frames_sampled"],
+            "frames_with_faces": int(rows["frame"].nunique()), "faces": len(rows),
+            "duration_s": float(rows["time_s"].max()) if len(rows) else 0.0,
+            "share": share, "dominant": max(share, key=share.get),
+            "mean_probability": {c: float(rows[c].mean()) for c in class_names}}
+
+
 def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = True,
                    annotate_dir: str | Path | None = None, batch_size: int = 256,
-                   backend: str = "torch", detector: str = "auto") -> pd.DataFrame:
-    """One row per face in the images (files or folders); skips are in ``.attrs["skipped"]``."""
+                   backend: str = "torch", detector: str = "auto",
+                   min_face: int = DEFAULT_MIN_FACE, every: int | None = None,
+                   fps: float | None = None, detect_every: int = 1) -> pd.DataFrame:
+    """One row per face in the images and videos (files or folders); skips are in
+    ``.attrs["skipped"]``, per-video summaries in ``.attrs["videos"]``."""
     start = time.perf_counter()
+    if batch_size < 1:
+        raise FerensError(f"--batch-size {batch_size}: expected at least 1")
+    if detect_every < 1:
+        raise FerensError(f"--detect-every {detect_every}: expected at least 1")
     files, skipped = expand_inputs([inputs] if isinstance(inputs, str | Path) else inputs)
-    finder = face_detector(detector) if detect else None
+    finder = face_detector(detector, min_face=min_face) if detect else None
     annotate_dir = Path(annotate_dir) if annotate_dir is not None else None
     predictor = _Predictor(bundle, batch_size, backend, annotate_dir)
+    videos = {}
     for path in files:
         try:
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                videos[str(path)] = _predict_video(path, predictor, finder, every, fps,
+                                                   detect_every)
+                continue
             image = read_image(path)
             boxes, faces = _faces_of(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), finder)
         except SkipFile as exc:
@@ -309,12 +402,24 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
             continue
         predictor.add(_Pending(path, boxes, faces, image if annotate_dir is not None else None))
     predictor.flush()
-    columns = ["file", "face", "x", "y", "w", "h", *bundle.class_names, "top_class", "top_prob"]
+    columns = ["file", "face", "frame", "time_s", "x", "y", "w", "h", *bundle.class_names,
+               "top_class", "top_prob"]
     frame = pd.DataFrame(predictor.rows, columns=columns)
+    frame["frame"] = frame["frame"].astype("Int64")
+    summaries = {}
+    for name, sampled in videos.items():
+        rows = frame[frame["file"] == name]
+        if rows.empty:
+            skipped.append(_skip(Path(name), SkipFile(
+                "no face found", f"no face in {sampled['frames_sampled']} sampled frame(s)")))
+        else:
+            summaries[name] = video_summary(rows, bundle.class_names, sampled)
     frame.attrs["skipped"] = skipped
+    frame.attrs["videos"] = summaries
     frame.attrs["summary"] = {
         "inputs": len(files) + sum(s["reason"] == "not found" for s in skipped),
-        "images_with_faces": int(frame["file"].nunique()), "faces": len(frame),
+        "images_with_faces": int(frame.loc[frame["frame"].isna(), "file"].nunique()),
+        "videos_with_faces": len(summaries), "faces": len(frame),
         "skipped": len(skipped), "skipped_by_reason": _count_reasons(skipped),
         "detector": finder.name if finder else "none", "backend": backend,
         "seconds": round(time.perf_counter() - start, 3)}
@@ -331,8 +436,13 @@ def format_summary(frame: pd.DataFrame) -> str:
     """The skip summary printed by `ferens predict`: counts, then one line per skipped file."""
     s = frame.attrs["summary"]
     reasons = ", ".join(f"{n} {r}" for r, n in s["skipped_by_reason"].items())
-    lines = [f"{s['faces']} face(s) in {s['images_with_faces']} image(s) from {s['inputs']} "
-             f"input file(s); skipped {s['skipped']}" + (f" ({reasons})" if reasons else "")]
+    videos = f" and {s['videos_with_faces']} video(s)" if s.get("videos_with_faces") else ""
+    lines = [f"{s['faces']} face(s) in {s['images_with_faces']} image(s){videos} from "
+             f"{s['inputs']} input file(s); skipped {s['skipped']}"
+             + (f" ({reasons})" if reasons else "")]
+    lines += [f"  {Path(name).name}: mostly {v['dominant']} ({100 * v['share'][v['dominant']]:.0f}%"
+              f" of {v['faces']} faces in {v['frames_with_faces']} frames)"
+              for name, v in frame.attrs.get("videos", {}).items()]
     lines += [f"  skipped {k['file']}: {k['reason']} ({k['detail']})"
               for k in frame.attrs["skipped"]]
     return "\n".join(lines)
@@ -347,10 +457,41 @@ def write_predictions(frame: pd.DataFrame, out: str | Path, bundle: Bundle | Non
     frame.to_csv(csv_path, index=False)
     payload = {"bundle": str(bundle.path) if bundle else None,
                "summary": frame.attrs.get("summary", {}),
+               "videos": frame.attrs.get("videos", {}),
                "skipped": frame.attrs.get("skipped", []),
                "rows": json.loads(frame.to_json(orient="records"))}
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    names = set()
+    for video in frame.attrs.get("videos", {}):
+        stem, n = Path(video).stem, 2
+        name = stem
+        while name in names:
+            name, n = f"{stem}-{n}", n + 1
+        names.add(name)
+        plot_timeline(frame[frame["file"] == video], out / "timelines" / f"{name}.png", video)
     return csv_path, json_path
+
+
+def plot_timeline(rows: pd.DataFrame, path: Path, title: str) -> Path:
+    """Probability of each class over time (mean over the faces of each sampled frame)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ferens.classes import CLASS_NAMES
+
+    per_frame = rows.groupby("time_s")[list(CLASS_NAMES)].mean()
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    for name in CLASS_NAMES:
+        ax.plot(per_frame.index, per_frame[name], label=name, linewidth=1.4)
+    ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title=Path(title).name)
+    ax.legend(ncol=7, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def save_face_crops(faces: np.ndarray, folder: str | Path, prefix: str = "face") -> list[Path]:

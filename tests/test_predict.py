@@ -262,15 +262,15 @@ def test_cli_export_and_predict_write_csv_json_annotations_and_print_skips(
                            capsys)
     assert code == 0 and "member a" in out
     inputs = bad_inputs(tmp_path / "in")
-    code, out, err = run_cli(["predict", tmp_path / "m.ferens", *inputs, "--out",
+    code, out, err = run_cli(["predict", *inputs, "--model", tmp_path / "m.ferens", "--out",
                               tmp_path / "pred", "--annotate", "--threads", "1"], monkeypatch,
                              capsys)
     assert code == 0, err
     assert "skipped 5 (1 not found, 3 not an image, 1 no face found)" in out
     assert "blank.png: no face found" in out
     table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
-    assert table.columns.tolist() == ["file", "face", "x", "y", "w", "h", *CLASS_NAMES,
-                                      "top_class", "top_prob"]
+    assert table.columns.tolist() == ["file", "face", "frame", "time_s", "x", "y", "w", "h",
+                                      *CLASS_NAMES, "top_class", "top_prob"]
     assert len(table) == 1 and table["top_class"].iloc[0] in CLASS_NAMES
     payload = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert len(payload["rows"]) == 1 and len(payload["skipped"]) == 5
@@ -308,7 +308,7 @@ def test_bundle_of_another_format_version_or_damaged_is_rejected_clearly(
     message = damage(bundle)
     with pytest.raises(FerensError, match=message):
         load_bundle(bundle)
-    code, _, err = run_cli(["predict", bundle, tmp_path], monkeypatch, capsys)
+    code, _, err = run_cli(["predict", tmp_path, "--model", bundle], monkeypatch, capsys)
     assert code == 2 and message in err and "Traceback" not in err
 
 

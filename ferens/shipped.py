@@ -1,0 +1,90 @@
+"""The default model that ships inside the package, and the object to use any bundle from Python.
+
+    >>> import ferens
+    >>> model = ferens.load_model()            # the shipped bundle, checksums verified
+    >>> probs = model.predict_proba(faces)     # aligned uint8 faces (N,48,48) -> (N,7)
+    >>> rows = model.predict_image(photo)      # any BGR or gray image: faces are found first
+    >>> model.provenance["test_accuracy"]      # what it scored, and the command that made it
+
+The shipped bundle lives in ``ferens/weights/default.ferens`` (fp16 safetensors + JSON, a few
+MB); ``experiments/make_default_model.py`` writes it, and replacing it replaces that folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ferens.errors import FerensError
+
+SHIPPED_BUNDLE = Path(__file__).resolve().parent / "weights" / "default.ferens"
+
+
+def default_model_path() -> Path:
+    """The shipped bundle's folder; one clear error when this installation lacks it."""
+    if not (SHIPPED_BUNDLE / "manifest.json").is_file():
+        raise FerensError(f"{SHIPPED_BUNDLE}: this installation has no default model; "
+                          "pass --model PATH (a bundle written by `ferens export`)")
+    return SHIPPED_BUNDLE
+
+
+@dataclass
+class ExpressionModel:
+    """A loaded bundle with the calls a user needs: faces, whole images, files and folders."""
+
+    bundle: object  # ferens.bundle.Bundle
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.bundle.class_names
+
+    @property
+    def provenance(self) -> dict:
+        return self.bundle.manifest.get("provenance", {})
+
+    def predict_proba(self, faces: np.ndarray, backend: str = "torch",
+                      batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (N,7) for aligned uint8 grayscale faces (N,48,48)."""
+        return self.bundle.predict_proba(faces, backend, batch_size)
+
+    def predict_image(self, image: np.ndarray, detector: str = "auto",
+                      min_face: int | None = None) -> pd.DataFrame:
+        """One row per face found in a BGR (H,W,3) or gray (H,W) uint8 image: the box, each
+        class's probability, the top class. No face: an empty frame."""
+        from ferens.predict import DEFAULT_MIN_FACE, crop_face, face_detector
+
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise FerensError(f"image must be uint8 (H,W) or (H,W,3), got {image.dtype} "
+                              f"{image.shape}")
+        import cv2
+
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        finder = face_detector(detector, min_face=min_face or DEFAULT_MIN_FACE)
+        boxes = finder.detect(gray)
+        names = list(self.class_names)
+        if not boxes:
+            return pd.DataFrame(columns=["face", "x", "y", "w", "h", *names, "top_class",
+                                         "top_prob"])
+        probs = self.predict_proba(np.stack([crop_face(gray, b, finder.margin) for b in boxes]))
+        rows = [{"face": i, "x": b[0], "y": b[1], "w": b[2], "h": b[3],
+                 **dict(zip(names, map(float, p), strict=True)),
+                 "top_class": names[int(p.argmax())], "top_prob": float(p.max())}
+                for i, (b, p) in enumerate(zip(boxes, probs, strict=True))]
+        return pd.DataFrame(rows)
+
+    def predict_files(self, inputs, **options) -> pd.DataFrame:
+        """Images, videos and folders, as `ferens predict` does (see ferens.predict)."""
+        from ferens.predict import predict_images
+
+        return predict_images(self.bundle, inputs, **options)
+
+
+def load_model(path: str | Path | None = None, device=None) -> ExpressionModel:
+    """The shipped default model, or the bundle at ``path``; checksums are verified on load."""
+    from ferens.bundle import load_bundle
+
+    return ExpressionModel(load_bundle(Path(path) if path else default_model_path(), device))
