@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,14 +186,55 @@ def export_onnx(model: nn.Module, cfg: TrainConfig, path: Path) -> Path:
     return path
 
 
+MEMBER_FILES = ("config.json", "model.safetensors", "model.onnx")
+
+
+def is_own_bundle(folder: Path) -> bool:
+    """True only for a folder that holds a ferens bundle manifest and nothing but bundle files
+    (what ``export`` may replace); anything else there is the user's."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return False
+    for entry in folder.iterdir():
+        if entry.is_symlink() or entry.name not in (MANIFEST, "members"):
+            return False
+    members = folder / "members"
+    if members.exists():
+        for member in members.iterdir():
+            if member.is_symlink() or not member.is_dir() or not member.name.isdigit():
+                return False
+            if any(f.is_symlink() or f.name not in MEMBER_FILES for f in member.iterdir()):
+                return False
+    return True
+
+
 def _prepare_out(out: Path) -> Path:
-    """A fresh temporary folder next to `out`; refuses to replace anything but a bundle."""
-    if out.exists() and not (out / MANIFEST).is_file() and (out.is_file() or any(out.iterdir())):
-        raise FerensError(f"{out}: exists and is not a ferens bundle; refusing to overwrite it")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """A fresh, uniquely named temporary folder beside `out`. Refuses an `out` that is a file
+    or a non-empty folder that is not a bundle written by export."""
+    if out.is_symlink() or out.is_file():
+        raise FerensError(f"{out}: exists and is not a bundle folder; refusing to replace it")
+    if out.is_dir() and any(out.iterdir()) and not is_own_bundle(out):
+        raise FerensError(f"{out}: is not a bundle written by `ferens export` (or holds other "
+                          "files); refusing to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make the bundle private to its writer
     return tmp
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to `out`; an old bundle there is moved aside first and only
+    deleted once the new one is in place."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "bundle")
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, half: bool = False,
@@ -225,8 +267,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, half
             "provenance": provenance or {},
         }
         write_json(tmp / MANIFEST, manifest)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        _swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -353,9 +394,17 @@ def _read_manifest(path: Path) -> dict:
 
 
 def _check_files(folder: Path, files: dict[str, str]) -> None:
-    """Every listed file exists and has its recorded SHA-256."""
+    """Every listed file is one a bundle may contain, is no link, exists inside the member's
+    folder and has its recorded SHA-256."""
+    if folder.is_symlink():
+        raise FerensError(f"{folder}: is a link; a bundle is opened only through its own folders")
     for name, digest in files.items():
+        if name not in MEMBER_FILES:
+            raise FerensError(f"{folder.parent.parent / MANIFEST}: {name!r} is not a file a "
+                              f"bundle may contain (only {list(MEMBER_FILES)})")
         file = folder / name
+        if file.is_symlink():
+            raise FerensError(f"{file}: is a link; a bundle never follows links")
         if not file.is_file():
             raise FerensError(f"{file}: missing from the bundle")
         if file_sha256(file) != digest:
@@ -366,6 +415,8 @@ def _check_files(folder: Path, files: dict[str, str]) -> None:
 def load_bundle(path: str | Path, device: torch.device | None = None) -> Bundle:
     """Load a bundle folder (JSON + safetensors only), rejecting other versions or damage."""
     path = Path(path)
+    if path.is_symlink() or (path / MANIFEST).is_symlink():
+        raise FerensError(f"{path}: is a link; a bundle is opened only through its own folders")
     manifest = _read_manifest(path)
     device = device or select_device()
     if tuple(manifest["class_names"]) != CLASS_NAMES:

@@ -54,7 +54,11 @@ LBP_MIN_FACE = 36
 LBP_NEIGHBOURS = 7
 DETECT_MAX_SIDE = 1600
 HAAR_FILE = "haarcascade_frontalface_default.xml"
-SKIP_REASONS = ("not found", "unreadable", "not an image", "not a video", "no face found")
+SKIP_REASONS = ("not found", "unreadable", "not an image", "not a video", "too large",
+                "no face found", "failed")
+# Images are measured from their header and skipped above this many pixels (a 30000x30000
+# PNG of 856 KB would otherwise take 6 GB to decode).
+MAX_PIXELS = 50_000_000
 
 Box = tuple[int, int, int, int]
 
@@ -74,9 +78,13 @@ class FaceDetector:
     name: str
     margin: float
     find: Callable[[np.ndarray], list[Box]]
+    min_face: int = DEFAULT_MIN_FACE
 
     def detect(self, gray: np.ndarray) -> list[Box]:
-        """Boxes in reading order; large images are searched at most DETECT_MAX_SIDE wide."""
+        """Boxes in reading order; large images are searched at most DETECT_MAX_SIDE wide, and
+        images narrower than the smallest face have none."""
+        if min(gray.shape) < self.min_face:
+            return []
         scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
         small = gray if scale == 1.0 else cv2.resize(
             gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -161,7 +169,7 @@ def face_detector(name: str = "auto", margin: float | None = None,
         raise FerensError(f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 dropped "
                           "them); use --detector lbp or install opencv-python-headless<5")
     find = _haar(min_face) if name == "haar" else _lbp(min_face)
-    return FaceDetector(name, MARGIN if margin is None else margin, find)
+    return FaceDetector(name, MARGIN if margin is None else margin, find, min_face)
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
@@ -171,19 +179,43 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[dict]]
         if item.is_dir():
             files += sorted(p for p in item.rglob("*") if p.is_file()
                             and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-        elif item.exists():
+        elif item.is_file():
             files.append(item)
+        elif item.exists():  # a FIFO, socket or device: reading it could block forever
+            skipped.append(_skip(item, SkipFile("unreadable", "not a regular file")))
         else:
             skipped.append(_skip(item, SkipFile("not found", "no such file or folder")))
     return files, skipped
 
 
-def read_image(path: Path) -> np.ndarray:
-    """A BGR uint8 image; raises SkipFile when it cannot be read or decoded."""
+def image_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's header without decoding it (None when PIL cannot tell;
+    OpenCV then decodes under its own limit)."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(raw)) as im:
+                return im.size
+    except Exception:  # not a format PIL reads; OpenCV decides below
+        return None
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A BGR uint8 image; raises SkipFile when it cannot be read or decoded, or when its header
+    declares more than ``max_pixels`` pixels."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SkipFile("unreadable", exc.strerror or str(exc)) from None
+    size = image_size(raw) if raw else None
+    if size and size[0] * size[1] > max_pixels:
+        raise SkipFile("too large", f"{size[0]}x{size[1]} pixels, over the limit of "
+                                    f"{max_pixels:,}")
     image = None
     if raw:
         try:
@@ -376,7 +408,8 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
                    annotate_dir: str | Path | None = None, batch_size: int = 256,
                    backend: str = "torch", detector: str = "auto",
                    min_face: int = DEFAULT_MIN_FACE, every: int | None = None,
-                   fps: float | None = None, detect_every: int = 1) -> pd.DataFrame:
+                   fps: float | None = None, detect_every: int = 1,
+                   max_pixels: int = MAX_PIXELS) -> pd.DataFrame:
     """One row per face in the images and videos (files or folders); skips are in
     ``.attrs["skipped"]``, per-video summaries in ``.attrs["videos"]``."""
     start = time.perf_counter()
@@ -395,10 +428,14 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
                 videos[str(path)] = _predict_video(path, predictor, finder, every, fps,
                                                    detect_every)
                 continue
-            image = read_image(path)
+            image = read_image(path, max_pixels)
             boxes, faces = _faces_of(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), finder)
         except SkipFile as exc:
             skipped.append(_skip(path, exc))
+            continue
+        except (cv2.error, ValueError, MemoryError) as exc:  # one bad file never stops a batch
+            skipped.append(_skip(path, SkipFile("failed", f"{type(exc).__name__}: "
+                                                          f"{str(exc).strip()[:200]}")))
             continue
         predictor.add(_Pending(path, boxes, faces, image if annotate_dir is not None else None))
     predictor.flush()
