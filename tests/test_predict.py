@@ -315,7 +315,7 @@ def test_bundle_of_another_format_version_or_damaged_is_rejected_clearly(
 def test_export_refuses_to_overwrite_a_folder_that_is_not_a_bundle(ws, tmp_path):
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "data.txt").write_text("keep me")
-    with pytest.raises(FerensError, match="not a ferens bundle"):
+    with pytest.raises(FerensError, match="is not a bundle written by .ferens export."):
         export_bundle(ws.member_a, tmp_path / "precious")
     assert (tmp_path / "precious" / "data.txt").read_text() == "keep me"
     again = export_bundle(ws.member_a, ws.root / "a.ferens", onnx=True)
