@@ -163,23 +163,39 @@ def adjust_cmd(
 
 @app.command("report")
 def report_cmd(
-    runs: list[Path] = typer.Argument(..., help="Member or ensemble run folders."),
+    runs: list[str] = typer.Argument(
+        ..., help="Run folders (members, ensembles, adjusted) or quoted glob patterns."),
     out: Path = typer.Option(..., help="Output folder, e.g. reports/NAME."),
     ferplus: Path | None = typer.Option(None, help="FER+ fer2013new.csv for the noise taxonomy."),
     data: Path | None = typer.Option(None, envvar="FERENS_DATA",
                                      help="FER2013 data (for thumbnails and duplicates)."),
     split: str = typer.Option("test", help="test | val"),
+    sort: str = typer.Option(
+        "accuracy", help="Leaderboard order: accuracy | macro_f1 | balanced_accuracy | g_mean "
+                         "| nll | brier | ece."),
+    top: int = typer.Option(6, help="Runs of the leaderboard shown with plots in detail."),
+    group: list[str] | None = typer.Option(
+        None, help="Compare runs on this config field even where others differ (repeatable)."),
+    show: list[str] | None = typer.Option(
+        None, help="Also show runs whose name matches this glob in detail (repeatable)."),
 ) -> None:
-    """Write the per-class error-taxonomy report (HTML, Markdown, JSON, PNGs)."""
+    """Write the report: leaderboard, study groups, error taxonomy (HTML, Markdown, JSON, PNGs)."""
     from ferens.report import write_report
 
-    metrics = write_report(runs, out=out, ferplus=ferplus, data=data, split=split)
-    width = max(len(r["name"]) for r in metrics["runs"])
-    print(f"{'run':<{width}}  accuracy  macro_F1  bal_acc")
-    for r in metrics["runs"]:
-        h = r["headline"]
-        print(f"{r['name']:<{width}}  {h['accuracy']['value']:8.4f}  {h['macro_f1']['value']:8.4f}"
-              f"  {h['balanced_accuracy']['value']:7.4f}")
+    metrics = write_report(runs, out=out, ferplus=ferplus, data=data, split=split, sort=sort,
+                           top=top, group=group or (), show=show or ())
+    board = metrics["leaderboard"]
+    width = max(len(r["name"]) for r in board["rows"])
+    print(f"{'#':>3}  {'run':<{width}}  {'kind':<8}  accuracy  macro_F1  bal_acc  vs best")
+    for r in board["rows"]:
+        test = r["vs_best"]
+        verdict = "best" if test is None else (
+            f"q={test['q_value']:.2g}{' *' if test['significant'] else ''}"
+            if "q_value" in test else "")
+        print(f"{r['rank']:>3}  {r['name']:<{width}}  {r['kind']:<8}  {r['accuracy']:8.4f}  "
+              f"{r['macro_f1']:8.4f}  {r['balanced_accuracy']:7.4f}  {verdict}")
+    print(f"sorted by {board['sort']}; {len(metrics['groups'])} study group(s): "
+          + (", ".join(g["title"] for g in metrics["groups"]) or "none"))
     for item in metrics["skipped"]:
         print(f"skipped {item}")
     print(f"report: {out / 'report.html'} (also report.md, metrics.json and the PNGs in {out})")

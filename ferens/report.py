@@ -1,16 +1,19 @@
-"""`ferens report`: per-run metrics with bootstrap CIs, an error taxonomy and calibration.
+"""`ferens report`: a leaderboard, study groups, per-run metrics with bootstrap CIs, an error
+taxonomy and calibration.
 
     >>> from ferens.report import write_report
-    >>> metrics = write_report(["runs/a", "runs/b"], out="reports/ab")   # doctest: +SKIP
+    >>> metrics = write_report(["runs/*", "ensembles/stack"], out="reports/ab")  # doctest: +SKIP
 
 writes ``report.html`` (self-contained), ``report.md``, ``metrics.json`` and the PNG plots.
 For notebooks, `compute_metrics` returns the same numbers from loaded `Run` objects, and
-`ferens.reporting.metrics` / `.taxonomy` / `.duplicates` hold the individual pieces.
+`ferens.reporting.metrics` / `.taxonomy` / `.duplicates` / `.groups` hold the pieces.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,10 @@ import pandas as pd
 
 from ferens.errors import FerensError
 from ferens.predictions import Predictions, Run, load_run, unique_names, write_json
+from ferens.reporting.comparisons import adjustment_pairs, describe_group
 from ferens.reporting.duplicates import dataset_positions, duplicate_analysis, label_mismatch
+from ferens.reporting.groups import find_groups
+from ferens.reporting.leaderboard import check_sort, leaderboard
 from ferens.reporting.metrics import (
     CI_LEVEL,
     ECE_BINS,
@@ -28,9 +34,12 @@ from ferens.reporting.metrics import (
     per_class,
     reliability,
 )
+from ferens.reporting.recipes import recipe, run_kind
+from ferens.reporting.selection import detailed_runs, expand_run_paths
 from ferens.reporting.taxonomy import (
     FERPLUS_RULES,
     FerPlusReference,
+    common_rows,
     compare_runs,
     confused_pairs,
     error_examples,
@@ -39,6 +48,7 @@ from ferens.reporting.taxonomy import (
 )
 
 SPLITS = ("test", "val")
+TOP_RUNS = 6
 MISALIGNED_SHARE = 0.05
 SKIP_NO_DATA = ("thumbnails (example faces for confused pairs, confident and ambiguous errors) "
                 "and the exact-duplicate analysis: no --data given")
@@ -46,22 +56,28 @@ SKIP_NO_FERPLUS = "the FER+ noise taxonomy and FER+ re-scoring: no --ferplus giv
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[Run]:
-    """Load run folders, failing with a FerensError if none were given."""
+    """Load run folders (paths or glob patterns), failing with a FerensError if none given."""
     if not run_dirs:
         raise FerensError("no run folders given")
-    return [load_run(d) for d in run_dirs]
+    return [load_run(d) for d in expand_run_paths(run_dirs)]
 
 
 def compute_metrics(runs: list[Run], split: str = "test",
                     ferplus: FerPlusReference | pd.DataFrame | None = None, dataset=None,
-                    seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict:
+                    seed: int = 0, n_boot: int = N_BOOTSTRAP, sort: str = "accuracy",
+                    group: list[str] | tuple[str, ...] = (), top: int = TOP_RUNS,
+                    show: list[str] | tuple[str, ...] = ()) -> dict:
     """Every number of the report for loaded runs; FER+ votes and the dataset are optional.
 
     `ferplus` is a FerPlusReference or the frame from `ferens.data.read_ferplus_votes`;
     `dataset` is a `ferens.data.FerDataset` (the whole file, so Training copies are found).
+    `sort` orders the leaderboard, `group` forces study groups on config fields, and the
+    `top` runs of the leaderboard plus those whose name matches a glob in `show` get the
+    detailed per-run sections.
     """
     if not runs:
         raise FerensError("no runs to report on")
+    check_sort(sort)
     if isinstance(ferplus, pd.DataFrame):
         ferplus = FerPlusReference.from_votes(ferplus)
     if split not in SPLITS:
@@ -79,12 +95,14 @@ def compute_metrics(runs: list[Run], split: str = "test",
         skipped.append(SKIP_NO_DATA)
     if ferplus is None:
         skipped.append(SKIP_NO_FERPLUS)
+    run_entries = [run_metrics(name, run, p, ferplus, seed, n_boot)
+                   for name, run, p in zip(names, runs, preds, strict=True)]
     out = {
         "split": split, "seed": seed, "n_bootstrap": n_boot, "ci_level": CI_LEVEL,
         "ece_bins": ECE_BINS, "class_names": list(class_names),
         "skipped": skipped, "notes": notes,
-        "runs": [run_metrics(name, run, p, ferplus, seed, n_boot)
-                 for name, run, p in zip(names, runs, preds, strict=True)],
+        **study_overview(runs, run_entries, preds, sort, group, top, show),
+        "runs": run_entries,
     }
     out["per_class_recall"] = {c: {r["name"]: r["per_class"][c]["recall"] for r in out["runs"]}
                                for c in class_names}
@@ -98,6 +116,30 @@ def compute_metrics(runs: list[Run], split: str = "test",
     return out
 
 
+def study_overview(runs: list[Run], entries: list[dict], preds: list[Predictions], sort: str,
+                   group: list[str] | tuple[str, ...], top: int,
+                   show: list[str] | tuple[str, ...]) -> dict:
+    """Leaderboard, study groups, adjusted-vs-source pairs and the runs shown in detail."""
+    correct = None
+    if len(preds) > 1:
+        _, positions = common_rows(preds)
+        correct = np.stack([p.predicted[pos] == p.labels[pos]
+                            for p, pos in zip(preds, positions, strict=True)])
+    board = leaderboard(entries, sort, correct, list(preds[0].class_names))
+    recipes = [recipe(r.config, r.summary) for r in runs]
+    raw_names = [r.name for r in runs]
+    groups = [describe_group(g, entries, recipes, raw_names, correct, sort)
+              for g in find_groups(recipes, list(group))]
+    index = {e["name"]: i for i, e in enumerate(entries)}
+    order = [index[row["name"]] for row in board["rows"]]
+    names = [e["name"] for e in entries]
+    return {
+        "sort": sort, "top": top, "leaderboard": board, "groups": groups,
+        "adjustments": adjustment_pairs(entries, [r.config for r in runs], correct),
+        "detailed_runs": [names[i] for i in detailed_runs(names, order, top, list(show))],
+    }
+
+
 def run_metrics(name: str, run: Run, preds: Predictions, ferplus: FerPlusReference | None,
                 seed: int = 0, n_boot: int = N_BOOTSTRAP) -> dict:
     """Headline, per-class, confusion, calibration and error examples of one run."""
@@ -107,7 +149,8 @@ def run_metrics(name: str, run: Run, preds: Predictions, ferplus: FerPlusReferen
         pair["example_row_ids"] = pair_examples(
             preds, pair["true_index"], pair["pred_index"]).tolist()
     out = {
-        "name": name, "path": str(run.path), "n": int(len(preds.labels)),
+        "name": name, "path": str(run.path), "kind": run_kind(run.config, run.summary),
+        "train_minutes": run.summary.get("train_minutes"), "n": int(len(preds.labels)),
         "headline": headline(preds, n_boot, seed),
         "per_class": per_class(preds),
         "confusion": {"counts": counts.tolist(), "normalised": normalised.tolist()},
@@ -122,11 +165,22 @@ def run_metrics(name: str, run: Run, preds: Predictions, ferplus: FerPlusReferen
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path, ferplus: Path | None = None,
-                 data: Path | None = None, split: str = "test", seed: int = 0) -> dict:
-    """Write report.html, report.md, metrics.json and PNGs to `out`; return the metrics."""
-    from ferens.reporting.render import to_html, to_markdown
-    from ferens.reporting.sections import build_document, write_plots
+                 data: Path | None = None, split: str = "test", seed: int = 0,
+                 sort: str = "accuracy", group: list[str] | tuple[str, ...] = (),
+                 top: int = TOP_RUNS, show: list[str] | tuple[str, ...] = (),
+                 n_boot: int = N_BOOTSTRAP) -> dict:
+    """Write report.html, report.md, metrics.json and PNGs to `out`; return the metrics.
 
+    `run_dirs` may hold glob patterns; the other options are those of `compute_metrics`.
+    Everything is written to a temporary folder first and then moved into `out`.
+    """
+    from ferens.reporting.render import to_html, to_markdown
+    from ferens.reporting.sections import build_document, stale_plots, write_plots
+
+    check_sort(sort)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FerensError(f"{out}: exists and is not a folder; choose another --out")
     runs = load_runs(run_dirs)
     reference = None
     if ferplus is not None:
@@ -138,18 +192,29 @@ def write_report(run_dirs: list[str | Path], out: str | Path, ferplus: Path | No
         from ferens.data import load_fer2013
 
         dataset = load_fer2013(data)
-    metrics = compute_metrics(runs, split, reference, dataset, seed)
+    metrics = compute_metrics(runs, split, reference, dataset, seed, n_boot, sort, group, top,
+                              show)
     if ferplus is not None:
         metrics["ferplus"]["source"] = str(ferplus)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    images = thumbnail_lookup(dataset) if metrics["has_thumbnails"] else None
-    plots = write_plots(metrics, out, images)
-    doc = build_document(metrics, plots)
-    metrics = json_ready(metrics)
-    write_json(out / "metrics.json", metrics)
-    (out / "report.html").write_text(to_html(doc), encoding="utf-8")
-    (out / "report.md").write_text(to_markdown(doc), encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        images = thumbnail_lookup(dataset) if metrics["has_thumbnails"] else None
+        plots = write_plots(metrics, tmp, images)
+        doc = build_document(metrics, plots)
+        metrics = json_ready(metrics)
+        write_json(tmp / "metrics.json", metrics)
+        (tmp / "report.html").write_text(to_html(doc), encoding="utf-8")
+        (tmp / "report.md").write_text(to_markdown(doc), encoding="utf-8")
+        out.mkdir(exist_ok=True)
+        for old in stale_plots(out):
+            old.unlink()
+        for path in sorted(tmp.iterdir(), key=lambda p: (p.suffix != ".png", p.name)):
+            os.replace(path, out / path.name)  # the PNGs first, the report pages last
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return metrics
 
 

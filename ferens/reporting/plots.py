@@ -11,6 +11,7 @@ from PIL import Image
 
 DPI = 90
 PNG_METADATA = {"Software": None}
+MAX_BAR_RUNS = 6
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -43,7 +44,7 @@ def confusion_png(counts: np.ndarray, normalised: np.ndarray, class_names: tuple
 
 
 def recall_bars_png(recalls: np.ndarray, run_names: list[str], class_names: tuple[str, ...],
-                    path: Path) -> Path:
+                    path: Path, title: str = "Per-class recall by run") -> Path:
     """Per-class recall of every run as grouped bars (one group per class)."""
     n_runs, n_classes = recalls.shape
     legend_rows = -(-n_runs // 4)
@@ -61,7 +62,42 @@ def recall_bars_png(recalls: np.ndarray, run_names: list[str], class_names: tupl
     ax.set_ylabel("recall")
     ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="lower center", ncols=min(n_runs, 4), fontsize=8, frameon=False)
-    ax.set_title("Per-class recall by run")
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def recall_png(recalls: np.ndarray, run_names: list[str], class_names: tuple[str, ...],
+               path: Path, title: str = "Per-class recall by run") -> Path:
+    """Grouped bars for up to MAX_BAR_RUNS runs, a runs x classes heatmap beyond that."""
+    if len(run_names) > MAX_BAR_RUNS:
+        return heatmap_png(recalls, run_names, class_names, path, title, vmin=0, vmax=1)
+    return recall_bars_png(recalls, run_names, class_names, path, title)
+
+
+def heatmap_png(values: np.ndarray, row_names: list[str], column_names, path: Path,
+                title: str, vmin: float | None = None, vmax: float | None = None,
+                annotate: bool = True) -> Path:
+    """An annotated heatmap, one row per run; its height grows with the number of rows."""
+    n_rows, n_cols = values.shape
+    label_width = 0.075 * max(len(shorten(n)) for n in row_names) + 0.3
+    width = min(13.0, label_width + 0.8 + 0.75 * n_cols)
+    height = 1.6 + 0.28 * n_rows
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
+    fig.subplots_adjust(left=label_width / width, right=1 - 0.8 / width, bottom=1.0 / height,
+                        top=1 - 0.5 / height)
+    image = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    if annotate:
+        mid = np.nanmean(values) if np.isfinite(values).any() else 0
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if v > mid else "white")
+    ax.set_xticks(range(n_cols), [shorten(str(c), 16) for c in column_names], rotation=30,
+                  ha="right")
+    ax.set_yticks(range(n_rows), [shorten(n) for n in row_names], fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    ax.set_title(title)
     return save(fig, path)
 
 

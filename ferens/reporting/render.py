@@ -4,20 +4,41 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222;
        line-height: 1.4; padding: 0 1em; }
-table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.86em; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
-th { background: #f0f0f0; }
-td:first-child, th:first-child { text-align: left; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.86em; max-width: 100%; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; overflow-wrap: anywhere; }
+th { background: #f0f0f0; overflow-wrap: normal; }
+.num { text-align: right; }
+td.num { white-space: nowrap; overflow-wrap: normal; }
 img { max-width: 100%; display: block; margin: 0.5em 0 1.2em; }
 .note { background: #fff6d6; border-left: 4px solid #e0b000; padding: 0.4em 0.8em; }
 h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+details { margin: 0.6em 0 1.2em; }
+summary { cursor: pointer; font-weight: 600; }
 """
+# Cells that align right and never wrap: numbers (with an interval, ± sd or a star), dashes, and
+# "best" in a column of test results.
+NUMBER = re.compile(
+    r"[-+–]?[0-9][0-9.]*(e[-+]?[0-9]+)?%?( ± [0-9.]+| \[[^\]]*\])?( \*)?|–|best")
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for a table cell; missing values show as a dash."""
+    if value is None or (isinstance(value, float | np.floating) and not np.isfinite(value)):
+        return "–"
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return f"{value:.{digits}f}"
 
 
 @dataclass
@@ -43,6 +64,13 @@ class Doc:
     def image(self, path: Path, alt: str) -> None:
         self.blocks.append(("image", Path(path), alt))
 
+    def open_details(self, summary: str) -> None:
+        """Start a block the HTML page shows collapsed (Markdown: a <details> element)."""
+        self.blocks.append(("open_details", summary))
+
+    def close_details(self) -> None:
+        self.blocks.append(("close_details",))
+
 
 def to_html(doc: Doc) -> str:
     """A single page: inline CSS, PNGs as base64 data URIs, every text escaped."""
@@ -63,6 +91,10 @@ def to_html(doc: Doc) -> str:
         elif kind == "image":
             data = base64.b64encode(block[1].read_bytes()).decode("ascii")
             parts.append(f'<img alt="{esc(block[2])}" src="data:image/png;base64,{data}">')
+        elif kind == "open_details":
+            parts.append(f"<details><summary>{esc(block[1])}</summary>")
+        elif kind == "close_details":
+            parts.append("</details>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -82,15 +114,29 @@ def to_markdown(doc: Doc) -> str:
             lines += _md_table(block[1], block[2]) + [""]
         elif kind == "image":
             lines += [f"![{_md(block[2])}]({block[1].name})", ""]
+        elif kind == "open_details":
+            lines += [f"<details><summary>{_md(block[1])}</summary>", ""]
+        elif kind == "close_details":
+            lines += ["</details>", ""]
     return "\n".join(lines)
 
 
 def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A table whose numeric cells (and the headers of mostly numeric columns) align right."""
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-                   for row in rows)
+    numeric = [[bool(NUMBER.fullmatch(c)) for c in row] for row in rows]
+    columns = [sum(len(f) > j and f[j] for f in numeric) * 2 > len(rows)
+               for j in range(len(headers))]
+    head = "".join(f"<th{_num(n)}>{esc(h)}</th>" for h, n in zip(headers, columns, strict=True))
+    body = "".join("<tr>" + "".join(f"<td{_num(n)}>{esc(c)}</td>"
+                                    for c, n in zip(row, flags, strict=True)) + "</tr>"
+                   for row, flags in zip(rows, numeric, strict=True))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _num(numeric: bool) -> str:
+    """The class of a cell whose number never wraps and aligns right."""
+    return ' class="num"' if numeric else ""
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -10,7 +10,14 @@ import numpy as np
 
 from ferens.reporting import plots
 from ferens.reporting.duplicates import SUBSETS
-from ferens.reporting.render import Doc
+from ferens.reporting.overview import (
+    READING_GUIDE,
+    adjustments_section,
+    groups_section,
+    leaderboard_section,
+    runs_section,
+)
+from ferens.reporting.render import Doc, fmt
 from ferens.reporting.taxonomy import FERPLUS_CATEGORIES
 
 HEADLINE = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
@@ -30,43 +37,71 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:limit] or "run"
 
 
-def fmt(value, digits: int = 3) -> str:
-    """A number for a table cell; missing values show as a dash."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "–"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return f"{value:.{digits}f}"
-
-
 RUN_PLOT_KINDS = ("_confusion", "_confused_pairs", "_confident_errors", "_ambiguous_errors")
+GROUP_PLOT = re.compile(r"group_[0-9][0-9]_.*")
+MAX_TABLE_RUNS = 6
+
+
+def stale_plots(out: Path) -> list[Path]:
+    """Per-run and per-group PNGs of an earlier report in `out` (a new one may not redraw them).
+    """
+    return [p for p in out.glob("*.png")
+            if (re.fullmatch(r"[0-9][0-9]_.*", p.stem) and p.stem.endswith(RUN_PLOT_KINDS))
+            or GROUP_PLOT.fullmatch(p.stem) or p.name == "disagreement.png"]
+
+
+def leaderboard_order(metrics: dict) -> list[int]:
+    """Indices into metrics["runs"], best first."""
+    index = {r["name"]: i for i, r in enumerate(metrics["runs"])}
+    return [index[row["name"]] for row in metrics["leaderboard"]["rows"]]
 
 
 def write_plots(metrics: dict, out: Path,
                 images: Callable[[list[int]], np.ndarray] | None) -> dict:
-    """Write every PNG of the report into `out` (removing per-run PNGs of an earlier report)."""
-    for old in out.glob("[0-9][0-9]_*.png"):
-        if old.stem.endswith(RUN_PLOT_KINDS):
-            old.unlink()
+    """Write the report's PNGs into `out`: recall across runs (bars, or a heatmap for many
+    runs), one recall plot per study group, and reliability diagrams, confusion matrices and
+    faces for the runs shown in detail only."""
     classes = tuple(metrics["class_names"])
-    runs = metrics["runs"]
+    runs = [metrics["runs"][i] for i in leaderboard_order(metrics)]
     names = [r["name"] for r in runs]
     recalls = np.array([[r["per_class"][c]["recall"] for c in classes] for r in runs])
+    detailed = set(metrics["detailed_runs"])
+    shown = [r for r in runs if r["name"] in detailed]
     paths: dict = {
-        "recall": plots.recall_bars_png(recalls, names, classes, out / "per_class_recall.png"),
-        "reliability": plots.reliability_png([r["reliability"] for r in runs], names,
-                                             out / "reliability.png"),
-        "runs": [],
+        "recall": plots.recall_png(recalls, names, classes, out / "per_class_recall.png"),
+        "groups": {},
+        "runs": [{} for _ in metrics["runs"]],
     }
-    for i, run in enumerate(runs):
+    if shown:
+        paths["reliability"] = plots.reliability_png(
+            [r["reliability"] for r in shown], [r["name"] for r in shown],
+            out / "reliability.png")
+    comp = metrics["comparison"]
+    if comp and len(runs) > MAX_TABLE_RUNS:
+        order = leaderboard_order(metrics)
+        matrix = np.array(comp["disagreement"])[np.ix_(order, order)]
+        paths["disagreement"] = plots.heatmap_png(
+            matrix, names, [plots.shorten(n, 12) for n in names], out / "disagreement.png",
+            "Share of rows on which two runs predict differently", annotate=False)
+    for g, group in enumerate(metrics["groups"]):
+        if group["kind"] != "seed":
+            rows = group["rows"]
+            paths["groups"][g] = plots.recall_png(
+                np.array([[r["recall"][c] for c in classes] for r in rows]),
+                [f"{r['value']}: {r['name']}" for r in rows], classes,
+                out / f"group_{g + 1:02d}_{slug(group['field'])}.png",
+                f"Per-class recall by {plots.shorten(group['field'], 30)}")
+    for i, run in enumerate(metrics["runs"]):
+        if run["name"] not in detailed:
+            continue
         stem = f"{i + 1:02d}_{slug(run['name'])}"
         cm = run["confusion"]
-        entry = {"confusion": plots.confusion_png(
+        entry = paths["runs"][i]
+        entry["confusion"] = plots.confusion_png(
             np.array(cm["counts"]), np.array(cm["normalised"]), classes,
-            f"Confusion matrix: {plots.shorten(run['name'])}", out / f"{stem}_confusion.png")}
+            f"Confusion matrix: {plots.shorten(run['name'])}", out / f"{stem}_confusion.png")
         if images is not None:
             entry.update(_face_plots(run, images, out, stem))
-        paths["runs"].append(entry)
     return paths
 
 
@@ -85,37 +120,47 @@ def _face_plots(run: dict, images: Callable, out: Path, stem: str) -> dict:
 
 
 def build_document(metrics: dict, paths: dict) -> Doc:
-    """The report as a Doc: summary sections first, then one section per run."""
+    """The report as a Doc: leaderboard and study groups first, then the analyses across runs,
+    the top runs in detail (the others collapsed) and the run folders last."""
     runs = metrics["runs"]
     doc = Doc(f"ferens report: {metrics['split']} split, {len(runs)} run(s)")
-    doc.para("Runs: " + "; ".join(f"{r['name']} ({r['path']})" for r in runs))
+    kinds = {k: sum(r["kind"] == k for r in runs) for k in dict.fromkeys(r["kind"] for r in runs)}
+    doc.para(f"{len(runs)} runs (" + ", ".join(f"{n} {k}" for k, n in kinds.items())
+             + f") on the {metrics['split']} split. " + READING_GUIDE)
     for item in metrics["skipped"]:
         doc.note(f"Skipped {item}.")
     for item in metrics["notes"]:
         doc.note(item)
-    _headline(doc, metrics)
+    leaderboard_section(doc, metrics)
+    groups_section(doc, metrics, paths)
+    adjustments_section(doc, metrics)
     _recall(doc, metrics, paths)
+    _headline(doc, metrics)
     _calibration(doc, metrics, paths)
     if metrics["comparison"]:
-        _comparison(doc, metrics)
+        _comparison(doc, metrics, paths)
     if metrics["ferplus"]:
         _ferplus(doc, metrics)
     if metrics["duplicates"]:
         _duplicates(doc, metrics)
-    for run, run_paths in zip(runs, paths["runs"], strict=True):
-        _run_section(doc, metrics, run, run_paths)
+    _run_sections(doc, metrics, paths)
+    runs_section(doc, metrics)
     return doc
 
 
+def _ordered(metrics: dict) -> list[dict]:
+    return [metrics["runs"][i] for i in leaderboard_order(metrics)]
+
+
 def _headline(doc: Doc, metrics: dict) -> None:
-    doc.heading("Headline")
-    doc.para(f"{metrics['ci_level']:.0%} percentile bootstrap intervals over "
-             f"{metrics['n_bootstrap']} resamples of the {metrics['split']} rows (seed "
+    doc.heading("All scores with intervals")
+    doc.para(f"In leaderboard order. {metrics['ci_level']:.0%} percentile bootstrap intervals "
+             f"over {metrics['n_bootstrap']} resamples of the {metrics['split']} rows (seed "
              f"{metrics['seed']}). NLL is the mean negative log-likelihood, Brier the multi-class "
              f"Brier score (sum over classes, 0..2), ECE the expected calibration error over "
              f"{metrics['ece_bins']} equal-width confidence bins.")
     rows = []
-    for run in metrics["runs"]:
+    for run in _ordered(metrics):
         h = run["headline"]
         cells = [f"{fmt(h[k]['value'])} [{fmt(h[k]['ci_low'])}, {fmt(h[k]['ci_high'])}]"
                  for k, _ in HEADLINE]
@@ -126,24 +171,31 @@ def _headline(doc: Doc, metrics: dict) -> None:
 
 def _recall(doc: Doc, metrics: dict, paths: dict) -> None:
     doc.heading("Per-class recall across runs")
-    runs = metrics["runs"]
+    runs = _ordered(metrics)
+    classes = metrics["class_names"]
     support = runs[0]["per_class"]
-    rows = [[c, support[c]["support"], *(fmt(r["per_class"][c]["recall"]) for r in runs)]
-            for c in metrics["class_names"]]
-    doc.table(["class", f"support ({runs[0]['name']})", *(r["name"] for r in runs)], rows)
     doc.image(paths["recall"], "Per-class recall by run")
+    doc.table(["run", *classes],
+              [[f"support ({runs[0]['name']})", *(support[c]["support"] for c in classes)]]
+              + [[r["name"], *(fmt(r["per_class"][c]["recall"]) for c in classes)]
+                 for r in runs])
 
 
 def _calibration(doc: Doc, metrics: dict, paths: dict) -> None:
     doc.heading("Calibration")
-    doc.para("Reliability diagrams: accuracy of the top prediction in each confidence bin; bars "
-             "below the diagonal mean over-confidence.")
+    if "reliability" not in paths:
+        doc.para("No run is shown in detail (--top 0); ECE of every run is in the scores table.")
+        return
+    doc.para(f"Reliability diagrams of the {len(metrics['detailed_runs'])} runs shown in detail "
+             "(the top of the leaderboard): accuracy of the top prediction in each confidence "
+             "bin; bars below the diagonal mean over-confidence. The ECE of every run is in "
+             "the scores table.")
     doc.image(paths["reliability"], "Reliability diagrams")
 
 
-def _comparison(doc: Doc, metrics: dict) -> None:
+def _comparison(doc: Doc, metrics: dict, paths: dict) -> None:
     comp = metrics["comparison"]
-    names = [r["name"] for r in metrics["runs"]]
+    runs = _ordered(metrics)
     doc.heading("Comparing runs")
     doc.para(f"On {comp['n_common']} common rows: {comp['all_wrong']} are wrong in every run, "
              f"{comp['all_right']} are right in every run; at least one run is right on "
@@ -151,7 +203,16 @@ def _comparison(doc: Doc, metrics: dict) -> None:
     doc.table(["class", "wrong in every run"], [[c, n] for c, n in
                                                 comp["all_wrong_per_class"].items()])
     doc.table(["run", "errors made by this run only"],
-              [[n, comp["only_this_run_wrong"][n]] for n in names])
+              [[r["name"], comp["only_this_run_wrong"][r["name"]]] for r in runs])
+    if "disagreement" in paths:
+        doc.heading("Pairwise disagreement", 3)
+        doc.para("Share of rows on which two runs predict differently, runs in leaderboard "
+                 f"order. McNemar's test for all {len(comp['mcnemar'])} pairs is in "
+                 "metrics.json (comparison.mcnemar); the leaderboard and the study groups show "
+                 "the tests that answer a question.")
+        doc.image(paths["disagreement"], "Pairwise disagreement")
+        return
+    names = [r["name"] for r in metrics["runs"]]
     doc.heading("Pairwise disagreement (share of rows with different predictions)", 3)
     doc.table(["run", *names], [[a, *(fmt(v) for v in row)]
                                 for a, row in zip(names, comp["disagreement"], strict=True)])
@@ -169,12 +230,12 @@ def _ferplus(doc: Doc, metrics: dict) -> None:
     doc.heading("FER+ noise taxonomy")
     doc.para(metrics["ferplus"]["rules"])
     rows = [[r["name"], r["ferplus"]["errors"],
-             *(r["ferplus"]["total"][c] for c in FERPLUS_CATEGORIES)] for r in metrics["runs"]]
+             *(r["ferplus"]["total"][c] for c in FERPLUS_CATEGORIES)] for r in _ordered(metrics)]
     doc.table(["run", "errors", *FERPLUS_CATEGORIES], rows)
     doc.heading("Accuracy re-scored against FER+ majority labels", 3)
     doc.para("Rows whose FER+ plurality (no tie) is one of the seven FER2013 emotions.")
     rows = []
-    for r in metrics["runs"]:
+    for r in _ordered(metrics):
         s = r["ferplus"]["rescored"]
         rows.append([r["name"], s["n"], fmt(s["accuracy_vs_ferplus"]),
                      fmt(s["accuracy_vs_fer2013_same_rows"]),
@@ -189,9 +250,11 @@ def _duplicates(doc: Doc, metrics: dict) -> None:
     doc.para(f"Images compared byte for byte over the whole dataset; {dup['n_rows']} "
              f"{metrics['split']} rows found in the data; {dup['n_conflicting_groups']} "
              "duplicate groups with conflicting labels touch them.")
-    doc.table(["subset", "rows", *dup["accuracy"]],
-              [[DUPLICATE_LABELS[s], dup["counts"][s],
-                *(fmt(acc[s]) for acc in dup["accuracy"].values())] for s in SUBSETS])
+    doc.para("Accuracy of each run on each subset of rows; the first line counts the rows.")
+    doc.table(["run", *(DUPLICATE_LABELS[s] for s in SUBSETS)],
+              [["rows", *(dup["counts"][s] for s in SUBSETS)]]
+              + [[r["name"], *(fmt(dup["accuracy"][r["name"]][s]) for s in SUBSETS)]
+                 for r in _ordered(metrics)])
     if dup["conflicting_groups"]:
         doc.heading("Duplicate groups with conflicting labels", 3)
         classes = metrics["class_names"]
@@ -200,13 +263,38 @@ def _duplicates(doc: Doc, metrics: dict) -> None:
                     ", ".join(g["usage"])] for g in dup["conflicting_groups"]])
 
 
+def _run_sections(doc: Doc, metrics: dict, paths: dict) -> None:
+    """The detailed runs in full; the others with their tables only, collapsed."""
+    detailed = set(metrics["detailed_runs"])
+    order = leaderboard_order(metrics)
+    shown = [i for i in order if metrics["runs"][i]["name"] in detailed]
+    rest = [i for i in order if metrics["runs"][i]["name"] not in detailed]
+    if shown:
+        doc.heading("Runs in detail")
+        doc.para(f"The top {metrics['top']} runs of the leaderboard"
+                 + (" and the runs picked with --show" if len(shown) > metrics["top"] else "")
+                 + ": per-class scores, confusion matrices, the most confused pairs and the "
+                 "most confident and most ambiguous errors of each.")
+    for i in shown:
+        _run_section(doc, metrics, metrics["runs"][i], paths["runs"][i])
+    if rest:
+        doc.heading("Other runs")
+        doc.para(f"The {len(rest)} runs below the top {metrics['top']} of the leaderboard, "
+                 "tables only (no plots); every number is also in metrics.json.")
+        doc.open_details(f"{len(rest)} other runs: per-class scores and error tables")
+        for i in rest:
+            _run_section(doc, metrics, metrics["runs"][i], {})
+        doc.close_details()
+
+
 def _run_section(doc: Doc, metrics: dict, run: dict, paths: dict) -> None:
     doc.heading(f"Run: {run['name']}")
     doc.heading("Per-class precision, recall, F1", 3)
     doc.table(["class", "precision", "recall", "F1", "support"],
               [[c, fmt(v["precision"]), fmt(v["recall"]), fmt(v["f1"]), v["support"]]
                for c, v in run["per_class"].items()])
-    doc.image(paths["confusion"], f"Confusion matrices of {run['name']}")
+    if "confusion" in paths:
+        doc.image(paths["confusion"], f"Confusion matrices of {run['name']}")
     doc.heading("Most confused pairs", 3)
     doc.table(["true", "predicted", "count", "share of true class", "example rows"],
               [[p["true"], p["pred"], p["count"], fmt(p["share_of_true"]),

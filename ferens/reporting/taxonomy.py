@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, false_discovery_control
 
 from ferens.errors import FerensError
 from ferens.predictions import Predictions
+from ferens.reporting.significance import ALPHA, add_q_values, mcnemar
 
 FERPLUS_CATEGORIES = ("label_noise", "genuine_error", "ambiguous", "not_a_face_unknown", "other")
 FERPLUS_RULES = (
@@ -134,25 +134,11 @@ def compare_runs(preds: list[Predictions], names: list[str]) -> dict:
     }
 
 
-def mcnemar_pairs(correct: np.ndarray, names: list[str], alpha: float = 0.05) -> list[dict]:
+def mcnemar_pairs(correct: np.ndarray, names: list[str], alpha: float = ALPHA) -> list[dict]:
     """Exact McNemar test (binomial on discordant rows) per pair, with Benjamini-Hochberg q."""
-    pairs = []
-    for a in range(len(names)):
-        for b in range(a + 1, len(names)):
-            a_only = int((correct[a] & ~correct[b]).sum())
-            b_only = int((~correct[a] & correct[b]).sum())
-            discordant = a_only + b_only
-            p = binomtest(a_only, discordant, 0.5).pvalue if discordant else 1.0
-            pairs.append({"a": names[a], "b": names[b], "a_right_b_wrong": a_only,
-                          "a_wrong_b_right": b_only,
-                          "accuracy_diff": float(correct[a].mean() - correct[b].mean()),
-                          "p_value": float(p)})
-    if pairs:
-        q = false_discovery_control([d["p_value"] for d in pairs])
-        for d, qv in zip(pairs, np.atleast_1d(q), strict=True):
-            d["q_value"] = float(qv)
-            d["significant"] = bool(qv < alpha)
-    return pairs
+    pairs = [{"a": names[a], "b": names[b], **mcnemar(correct[a], correct[b])}
+             for a in range(len(names)) for b in range(a + 1, len(names))]
+    return add_q_values(pairs, alpha)
 
 
 def classify_errors(labels: np.ndarray, predicted: np.ndarray,
