@@ -346,6 +346,97 @@ def bench_predict(repeats: int, rows: list) -> None:
                  "58k-parameter net"))
 
 
+def _with_onnx(bundle_dir: Path, folder: Path) -> Path:
+    """A copy of a bundle with an ONNX file added to each member (checksums updated)."""
+    import shutil
+
+    import torch
+
+    from ferens.bundle import export_onnx, load_bundle
+    from ferens.data import file_sha256
+    from ferens.predictions import read_json, write_json
+
+    copy = Path(shutil.copytree(bundle_dir, folder / "onnx.ferens"))
+    manifest = read_json(copy / "manifest.json")
+    loaded = load_bundle(copy, torch.device("cpu"))
+    for i, (entry, member) in enumerate(zip(manifest["members"], loaded.members, strict=True)):
+        path = export_onnx(member.model, member.config, copy / "members" / str(i) / "model.onnx")
+        entry["files"]["model.onnx"] = file_sha256(path)
+    manifest["onnx"] = True
+    write_json(copy / "manifest.json", manifest)
+    return copy
+
+
+def faces_canvas(faces: np.ndarray, side: int = 120) -> np.ndarray:
+    """A 640x480 BGR photo with four FER2013 faces upscaled to ``side`` px on a gray wall."""
+    import cv2
+
+    canvas = np.full((480, 640), 110, np.uint8)
+    for face, (x, y) in zip(faces[:4], [(40, 40), (360, 40), (40, 300), (360, 300)],
+                            strict=True):
+        canvas[y:y + side, x:x + side] = cv2.resize(face, (side, side),
+                                                    interpolation=cv2.INTER_CUBIC)
+    return cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR)
+
+
+def bench_default_model(repeats: int, rows: list) -> None:
+    """The shipped model on one core: aligned crops (PyTorch, ONNX Runtime), 640x480 photos
+    with four faces (detection included, two --min-face settings), and a generated video."""
+    import cv2
+    import torch
+
+    from ferens.bundle import load_bundle
+    from ferens.data import load_fer2013
+    from ferens.predict import measure_throughput, predict_images
+    from ferens.shipped import default_model_path
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    test = load_fer2013(DATA).split("test")
+    bundle = load_bundle(default_model_path(), torch.device("cpu"))
+    name = bundle.manifest["name"]
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = load_bundle(_with_onnx(default_model_path(), Path(tmp)), torch.device("cpu"))
+        for backend, b in (("torch", bundle), ("onnx", onnx)):
+            rates = [measure_throughput(b, test.images, 256, backend)["images_per_second"]
+                     for _ in range(repeats)]
+            rows.append((f"9. shipped model ({name}), {len(test):,} aligned test crops "
+                         f"(--no-detect), {backend}, 1 thread (img/s)", median_spread(rates),
+                         "fp16 weights widened to fp32; flip TTA = 2 views per face"))
+        photos = Path(tmp) / "photos"
+        photos.mkdir()
+        for i in range(20):
+            cv2.imwrite(str(photos / f"p{i:02d}.png"), faces_canvas(test.images[4 * i:]))
+        for min_face in (48, 24):
+            runs = []
+            for _ in range(repeats):
+                frame = predict_images(bundle, [photos], min_face=min_face, batch_size=64)
+                runs.append((20 / frame.attrs["summary"]["seconds"], len(frame)))
+            rows.append((f"9. 640x480 photos with 4 faces, detection + prediction, --min-face "
+                         f"{min_face}, 1 thread (photos/s)",
+                         median_spread([r[0] for r in runs]),
+                         f"{runs[0][1]} of 80 faces found; fer package: about 12 photos/s on "
+                         "the same kind of canvas (earlier measurement, not re-run here)"))
+        video = Path(tmp) / "clip.avi"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (640, 480))
+        for i in range(250):  # 10 s at 25 fps, the faces change every 25 frames
+            writer.write(faces_canvas(test.images[4 * (i // 25):]))
+        writer.release()
+        for label, options in (("every frame", {"every": 1}),
+                               ("every frame, --detect-every 5", {"every": 1,
+                                                                  "detect_every": 5}),
+                               ("--fps 5 (default)", {})):
+            rates = []
+            for _ in range(repeats):
+                frame = predict_images(bundle, [video], batch_size=64, **options)
+                sampled = frame.attrs["videos"][str(video)]["frames_sampled"]
+                rates.append(sampled / frame.attrs["summary"]["seconds"])
+            rows.append((f"9. 10 s 640x480 video with 4 faces, {label}, 1 thread "
+                         "(sampled frames/s)", median_spread(rates),
+                         f"{250 / (sampled / statistics.median(rates)):.0f} video frames/s "
+                         "of input"))
+
+
 def bench_ensemble_report(rows: list) -> None:
     from ferens.data import load_fer2013
     from ferens.ensemble import build_ensemble
@@ -416,7 +507,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--augment", default="light")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
-    parser.add_argument("--only", default="training,engine,data,inference,predict,ensemble")
+    parser.add_argument("--only",
+                        default="training,engine,data,inference,predict,default,ensemble")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench.md")
     ns = parser.parse_args()
     if ns.child:
@@ -436,6 +528,8 @@ def main() -> None:
         bench_inference(repeats, rows)
     if "predict" in parts:
         bench_predict(repeats, rows)
+    if "default" in parts:
+        bench_default_model(repeats, rows)
     if "ensemble" in parts:
         rows.extend(child(["--kind", "report", "--threads", "1"])["rows"])
     write_table(rows, ns.out, time.perf_counter() - start)

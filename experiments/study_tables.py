@@ -128,8 +128,9 @@ def metrics_run(metrics: dict, name: str) -> dict:
     return next(r for r in metrics["runs"] if r["name"] == name)
 
 
-def plot_accuracy_vs_minutes(study: Path, names: list[str]) -> Path:
-    """Val accuracy per epoch against cumulative train minutes, from each metrics.csv."""
+def plot_accuracy_vs_minutes(study: Path, names: list[str | Path]) -> Path:
+    """Val accuracy per epoch against cumulative train minutes, from each metrics.csv; a name
+    is a member of ``study``, a path any member folder."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,11 +140,14 @@ def plot_accuracy_vs_minutes(study: Path, names: list[str]) -> Path:
     fig, (by_epoch, by_minute) = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
     colours = plt.get_cmap("tab20").colors  # one colour per member up to 20 (tab10 repeats)
     for i, name in enumerate(names):
-        rows = pd.read_csv(study / "members" / name / "metrics.csv")
+        folder = name if isinstance(name, Path) else study / "members" / name
+        name = folder.name
+        rows = pd.read_csv(folder / "metrics.csv")
         style = {"marker": "o", "ms": 3, "label": name, "color": colours[i % len(colours)]}
         by_epoch.plot(rows["epoch"], rows["val_accuracy"], **style)
         by_minute.plot(rows["seconds"].cumsum() / 60, rows["val_accuracy"], **style)
-    by_epoch.set(xlabel="epoch", ylabel="PublicTest accuracy (no TTA)", title="Accuracy by epoch")
+    by_epoch.set(xlabel="epoch", ylabel="PublicTest accuracy (selection TTA)",
+                 title="Accuracy by epoch")
     by_minute.set(xlabel="wall training minutes, one thread (machine load varied)",
                   title="Accuracy vs compute")
     for ax in (by_epoch, by_minute):

@@ -19,6 +19,7 @@ from scipy.special import log_softmax
 from sklearn.metrics import f1_score
 
 from ferens.errors import FerensError
+from ferens.outputs import check_replaceable, output_folder
 from ferens.predictions import (
     SPLITS,
     Predictions,
@@ -84,9 +85,10 @@ def adjust_run(run_dir: str | Path, out: str | Path, tau: float | None = None,
     """Write ``out``: ``run_dir`` logit-adjusted with a given ``tau`` or one chosen on val."""
     start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
-    if tau is not None and tau < 0:
-        raise FerensError(f"tau must be >= 0, got {tau}")
+    if tau is not None and not (np.isfinite(tau) and 0 <= tau <= 100):
+        raise FerensError(f"--tau {tau}: expected a finite number from 0 to 100")
     check_output_folder(out, [run_dir], "adjusted", "an adjusted run", "source run")
+    check_replaceable(out, "adjusted")
     source = load_run(run_dir)
     log_prior = class_log_prior(source.val.labels, source.val.logits.shape[1])
     chosen, table = choose_tau(source.val.log_probs, source.val.labels, log_prior, select,
@@ -97,15 +99,24 @@ def adjust_run(run_dir: str | Path, out: str | Path, tau: float | None = None,
         s: Predictions(adjusted_log_probs(p.log_probs, log_prior, chosen).astype(np.float32),
                        p.labels, p.row_ids, p.class_names)
         for s, p in source.splits.items()}
+    with output_folder(out, "adjusted") as tmp:
+        _write_adjusted(tmp, out.name, run_dir, source, adjusted, chosen, log_prior, table,
+                        "fixed" if tau is not None else select, max_accuracy_loss, start)
+    return load_run(out)
+
+
+def _write_adjusted(folder: Path, name: str, run_dir: Path, source, adjusted: dict,
+                    chosen: float, log_prior: np.ndarray, table: list, select: str,
+                    max_accuracy_loss: float, start: float) -> None:
     for split in SPLITS:
-        save_predictions(out / "predictions" / f"{split}.npz", adjusted[split])
+        save_predictions(folder / "predictions" / f"{split}.npz", adjusted[split])
+    out = folder
     write_json(out / "config.json", {
-        "kind": "adjusted", "name": out.name, "source": str(run_dir), "tau": chosen,
+        "kind": "adjusted", "name": name, "source": str(run_dir), "tau": chosen,
         "log_prior": log_prior.tolist(), "prior_from": "val labels",
-        "select": "fixed" if tau is not None else select, "max_accuracy_loss": max_accuracy_loss})
+        "select": select, "max_accuracy_loss": max_accuracy_loss})
     write_json(out / "summary.json", {
-        "name": out.name, "kind": "adjusted", "source": source.name, "tau": chosen,
+        "name": name, "kind": "adjusted", "source": source.name, "tau": chosen,
         "val": split_metrics(adjusted["val"]), "test": split_metrics(adjusted["test"]),
         "source_metrics": {s: split_metrics(p) for s, p in source.splits.items()},
         "val_tau_grid": table, "seconds": round(time.perf_counter() - start, 3)})
-    return load_run(out)

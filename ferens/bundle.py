@@ -20,7 +20,6 @@ an ``adjust`` node applies a ``ferens adjust`` logit adjustment to its one input
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -39,6 +38,7 @@ from ferens.data import file_sha256
 from ferens.ensemble import apply_combination, ferens_version, fitted_parameters
 from ferens.errors import FerensError
 from ferens.inference import load_member_model, predict_logits, select_device
+from ferens.outputs import folder_lock, swap_into_place
 from ferens.predictions import Predictions, load_predictions, read_json, write_json
 
 FORMAT = "ferens-bundle"
@@ -225,18 +225,6 @@ def _prepare_out(out: Path) -> Path:
     return tmp
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to `out`; an old bundle there is moved aside first and only
-    deleted once the new one is in place."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "bundle")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, half: bool = False,
                   provenance: dict | None = None) -> Path:
     """Pack a member, ensemble or adjusted run folder into a self-contained bundle at `out`.
@@ -250,6 +238,12 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, half
     plan = _Plan()
     combiner = _plan_node(run_dir, plan)
     verified = None if "member" in combiner else _verify(run_dir, combiner, plan.member_dirs)
+    with folder_lock(out):
+        return _export(run_dir, out, plan, combiner, verified, onnx, half, provenance)
+
+
+def _export(run_dir: Path, out: Path, plan: _Plan, combiner: dict, verified: float | None,
+            onnx: bool, half: bool, provenance: dict | None) -> Path:
     tmp = _prepare_out(out)
     try:
         members = [_write_member(d, tmp / "members" / str(i), onnx, half)
@@ -267,7 +261,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, half
             "provenance": provenance or {},
         }
         write_json(tmp / MANIFEST, manifest)
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

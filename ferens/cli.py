@@ -245,6 +245,7 @@ def predict_cmd(
     """Find faces in images and videos; write one row per face (box, class probabilities, top
     class), a summary and a timeline plot per video."""
     from ferens.inference import configure_threads
+    from ferens.outputs import check_replaceable, output_folder
     from ferens.predict import format_summary, predict_images, write_predictions
     from ferens.shipped import load_model
 
@@ -252,11 +253,15 @@ def predict_cmd(
         raise FerensError("give --every or --fps, not both")
     configure_threads(threads)
     loaded = load_model(model).bundle
-    frame = predict_images(loaded, inputs, detect=not no_detect,
-                           annotate_dir=out / "annotated" if annotate else None,
-                           batch_size=batch_size, backend=backend, detector=detector,
-                           min_face=min_face, every=every, fps=fps, detect_every=detect_every)
-    csv_path, json_path = write_predictions(frame, out, loaded)
+    check_replaceable(out, "predictions")
+    with output_folder(out, "predictions") as tmp:
+        frame = predict_images(loaded, inputs, detect=not no_detect,
+                               annotate_dir=tmp / "annotated" if annotate else None,
+                               batch_size=batch_size, backend=backend, detector=detector,
+                               min_face=min_face, every=every, fps=fps,
+                               detect_every=detect_every)
+        write_predictions(frame, tmp, loaded)
+    csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     print(format_summary(frame))
     print(f"wrote {csv_path} and {json_path}"
           + (f" and {len(frame.attrs['videos'])} timeline(s) in {out / 'timelines'}"
@@ -296,12 +301,18 @@ def study_cmd(
     no_train: bool = typer.Option(False, "--no-train",
                                   help="Only ensemble and report what has finished."),
     only: list[str] | None = typer.Option(None, help="Train only this member (repeatable)."),
-    threads: int | None = typer.Option(None, help="Threads per lane [cores // lanes]."),
+    threads: int | None = typer.Option(
+        None, help="Threads per lane [cores // lanes]; per member with --backend ray [its own, "
+                   "else 1]."),
+    backend: str = typer.Option("local", help="local | ray (members as Ray tasks)."),
+    address: str | None = typer.Option(
+        None, help="Ray cluster to join (auto = the running one) [a new local Ray]."),
 ) -> None:
     """Run a whole study: train missing members (resumable), ensemble them, write the report."""
     from ferens.study import run_study
 
-    outcome = run_study(study, lanes=lanes, train=not no_train, only=only, threads=threads)
+    outcome = run_study(study, lanes=lanes, train=not no_train, only=only, threads=threads,
+                        backend=backend, address=address)
     if outcome["failed"]:
         raise FerensError(f"members failed: {outcome['failed']}")
 

@@ -25,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from ferens.errors import FerensError
+from ferens.outputs import check_replaceable, output_folder
 from ferens.predictions import (
     SPLITS,
     Predictions,
@@ -460,6 +461,7 @@ def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
     if len(run_dirs) < 2:
         raise FerensError(f"an ensemble needs at least 2 members, got {len(run_dirs)}")
     check_output_folder(out, run_dirs, "ensemble", "an ensemble", "member")
+    check_replaceable(out, "ensemble")
     members = check_members([load_run(d) for d in run_dirs])
     names = unique_names([m.name for m in members])
     with threadpool_limits(limits=1):  # small BLAS problems: extra threads only add overhead
@@ -472,12 +474,13 @@ def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
               "options": {"temperature": temperature, "seed": seed, "greedy_metric": greedy_metric},
               "ferens_version": ferens_version()}
     summary = _summary(out.name, members, result, loo)
-    for split, preds in result.splits.items():
-        save_predictions(out / "predictions" / f"{split}.npz", preds)
     train = train_split_predictions(result, run_dirs)
-    if train is not None:
-        save_predictions(out / "predictions" / "train.npz", train)
-    write_json(out / "config.json", config)
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(out / "summary.json", summary)
+    with output_folder(out, "ensemble") as tmp:
+        for split, preds in result.splits.items():
+            save_predictions(tmp / "predictions" / f"{split}.npz", preds)
+        if train is not None:
+            save_predictions(tmp / "predictions" / "train.npz", train)
+        write_json(tmp / "config.json", config)
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        write_json(tmp / "summary.json", summary)
     return load_run(out)

@@ -12,14 +12,13 @@ For notebooks, `compute_metrics` returns the same numbers from loaded `Run` obje
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ferens.errors import FerensError
+from ferens.outputs import check_replaceable, output_folder
 from ferens.predictions import Predictions, Run, load_run, unique_names, write_json
 from ferens.reporting.comparisons import adjustment_pairs, describe_group
 from ferens.reporting.duplicates import dataset_positions, duplicate_analysis, label_mismatch
@@ -175,10 +174,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path, ferplus: Path | No
     Everything is written to a temporary folder first and then moved into `out`.
     """
     from ferens.reporting.render import to_html, to_markdown
-    from ferens.reporting.sections import build_document, stale_plots, write_plots
+    from ferens.reporting.sections import build_document, write_plots
 
     check_sort(sort)
     out = Path(out)
+    check_replaceable(out, "report")
     if out.exists() and not out.is_dir():
         raise FerensError(f"{out}: exists and is not a folder; choose another --out")
     runs = load_runs(run_dirs)
@@ -196,25 +196,16 @@ def write_report(run_dirs: list[str | Path], out: str | Path, ferplus: Path | No
                               show)
     if ferplus is not None:
         metrics["ferplus"]["source"] = str(ferplus)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with output_folder(out, "report") as tmp:
         images = thumbnail_lookup(dataset) if metrics["has_thumbnails"] else None
         plots = write_plots(metrics, tmp, images)
         doc = build_document(metrics, plots)
-        metrics = json_ready(metrics)
-        write_json(tmp / "metrics.json", metrics)
         (tmp / "report.html").write_text(to_html(doc), encoding="utf-8")
         (tmp / "report.md").write_text(to_markdown(doc), encoding="utf-8")
-        out.mkdir(exist_ok=True)
-        for old in stale_plots(out):
-            old.unlink()
-        for path in sorted(tmp.iterdir(), key=lambda p: (p.suffix != ".png", p.name)):
-            os.replace(path, out / path.name)  # the PNGs first, the report pages last
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # what this report wrote: a later report may replace these files and nothing else
+        metrics["files"] = sorted([p.name for p in tmp.iterdir()] + ["metrics.json"])
+        metrics = json_ready(metrics)
+        write_json(tmp / "metrics.json", metrics)
     return metrics
 
 

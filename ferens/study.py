@@ -12,6 +12,9 @@ interrupted ones resume from their last epoch. Each finished member's small outp
 to ``results_dir/members/<name>`` at once, so nothing finished is lost when a session ends.
 Then every ensemble method runs, the runs named in ``adjust`` get a ``ferens adjust``
 logit adjustment (into ``results_dir/adjusted``), and one report covers them all.
+
+``backend="ray"`` (``ferens study FILE --backend ray``) trains the members as Ray tasks
+instead, on this machine or a cluster: see ``ferens.study_ray``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ SMALL_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.
 # Engine-2 members also predict the Training split, so they can teach without their weights.
 OPTIONAL_OUTPUTS = ("predictions/train.npz",)
 ALL_METHODS = ("mean", "logit-mean", "weighted", "greedy", "stack")
+BACKENDS = ("local", "ray")
 
 
 @dataclass
@@ -186,17 +190,25 @@ def plan_slots(study: Study, pending: list[TrainConfig], lanes: int | None = Non
     return [Slot(threads=threads or per_lane) for _ in range(n_lanes)]
 
 
-def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
-                  only: list[str] | None = None, threads: int | None = None) -> list[str]:
-    """Train every unfinished member (or those in ``only``), ``lanes`` at a time; returns the
-    names that failed."""
+def pending_members(study: Study, only: list[str] | None = None
+                    ) -> tuple[list[TrainConfig], list[str]]:
+    """(members still to train, names already committed), after copying finished runs into
+    results; ``only`` restricts the members to train."""
     unknown = sorted(set(only or []) - {m.name for m in study.members})
     if unknown:
         raise FerensError(f"{study.path}: no member(s) named {unknown}")
     collect_finished(study)
-    committed = {m.name for m in study.members if is_committed(m, study.results_dir)}
+    committed = [m.name for m in study.members if is_committed(m, study.results_dir)]
     pending = [m for m in study.members
                if m.name not in committed and (not only or m.name in only)]
+    return pending, committed
+
+
+def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
+                  only: list[str] | None = None, threads: int | None = None) -> list[str]:
+    """Train every unfinished member (or those in ``only``), ``lanes`` at a time; returns the
+    names that failed."""
+    pending, committed = pending_members(study, only)
     slots = plan_slots(study, pending, lanes, threads)
     where = (f"{len(slots)} GPU lane(s) x {slots[0].workers} loader worker(s)"
              if slots[0].gpu is not None else
@@ -274,11 +286,23 @@ def combine_and_report(study: Study) -> dict:
 
 
 def run_study(path: str | Path, lanes: int | None = None, train: bool = True,
-              only: list[str] | None = None, threads: int | None = None) -> dict:
-    """Train what is missing (or only the members named in ``only``), then ensemble and
-    report; safe to re-run at any point."""
+              only: list[str] | None = None, threads: int | None = None,
+              backend: str = "local", address: str | None = None) -> dict:
+    """Train what is missing (or only the members named in ``only``) with the local or the
+    Ray backend, then ensemble and report; safe to re-run at any point."""
+    if backend not in BACKENDS:
+        raise FerensError(f"--backend {backend!r}: expected one of {list(BACKENDS)}")
+    if backend != "ray" and address:
+        raise FerensError("--address names a Ray cluster; it needs --backend ray")
+    if backend == "ray" and lanes is not None:
+        raise FerensError("--lanes is for the local backend; Ray places members by the CPUs "
+                          "and GPUs each one declares")
     study = load_study(path)
-    if train:
+    if train and backend == "ray":
+        from ferens.study_ray import train_members_ray
+
+        failed = train_members_ray(study, address=address, only=only, threads=threads)
+    elif train:
         failed = train_members(study, lanes, only=only, threads=threads)
     else:
         failed = []

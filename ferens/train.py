@@ -44,6 +44,7 @@ from ferens.loader import TrainLoader, epoch_seed, sample_seed
 from ferens.losses import build_loss, distillation_loss
 from ferens.mixing import mix_batch, mixing_enabled
 from ferens.models import create_member_model
+from ferens.outputs import folder_lock
 from ferens.predictions import (
     Predictions,
     atomic_path,
@@ -353,6 +354,11 @@ def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = T
 
     Data, device and targets are checked before anything is written, so a failed command
     leaves no run folder behind to block the corrected one."""
+    with folder_lock(cfg.run_dir):  # two writers on one run folder would corrupt it
+        return _train_member(cfg, resume, show_progress)
+
+
+def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
     run_dir = _check_run_dir(cfg, resume)
     if resume and (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())

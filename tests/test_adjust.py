@@ -102,7 +102,7 @@ def test_bad_requests_are_refused_with_the_reason(tmp_path):
         adjust_run(source, source)
     with pytest.raises(FerensError, match="unknown tau selection"):
         adjust_run(source, tmp_path / "adj", select="recall")
-    with pytest.raises(FerensError, match="tau must be >= 0"):
+    with pytest.raises(FerensError, match="expected a finite number from 0 to 100"):
         adjust_run(source, tmp_path / "adj", tau=-1.0)
     with pytest.raises(FerensError, match="not an adjusted run"):
         adjust_run(source, write_run(tmp_path, "other"))

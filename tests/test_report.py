@@ -335,11 +335,13 @@ def test_rewriting_a_report_removes_the_per_run_plots_of_the_earlier_one(tmp_pat
             for i, name in enumerate(("a", "b", "c"))]
     out = tmp_path / "report"
     write_report(runs, out=out)
-    (out / "01_notes.png").write_bytes(b"not ours")
     write_report(runs[1:], out=out)
     assert sorted(p.name for p in out.glob("*_confusion.png")) == ["01_b_confusion.png",
                                                                    "02_c_confusion.png"]
-    assert (out / "01_notes.png").is_file()
+    (out / "01_notes.png").write_bytes(b"not ours")  # a file the report did not write
+    with pytest.raises(FerensError, match="refusing to replace it"):
+        write_report(runs, out=out)
+    assert (out / "01_notes.png").read_bytes() == b"not ours"
 
 
 def test_html_is_one_file_with_no_external_references(report_without_data):

@@ -271,14 +271,28 @@ def test_plots_scale_with_the_number_of_runs(study):
     assert set(shown["detailed_runs"]) == {*best, "light-s0", "light-s1", "light-s2"}
 
 
-def test_a_new_report_removes_the_group_and_run_plots_of_an_earlier_one(tmp_path):
-    from ferens.reporting.sections import stale_plots
+def test_a_new_report_replaces_an_earlier_one_whole_and_refuses_a_users_folder(study,
+                                                                              tmp_path):
+    root = study[0]
+    runs = [root / "members" / "base-s0", root / "members" / "base-s1"]
+    out = write_report_dir(runs, tmp_path / "rep")
+    assert len(list(out.glob("*_confusion.png"))) == 2
+    write_report_dir(runs[:1], out)
+    assert [p.name for p in out.glob("*_confusion.png")] == ["01_base-s0_confusion.png"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(FerensError, match="refusing to replace it"):
+        write_report_dir(runs, mine)
+    assert (mine / "notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rep.lock", "mine", "rep"]
 
-    names = ["group_03_imbalance.png", "01_a_confusion.png", "disagreement.png",
-             "01_notes.png", "per_class_recall.png", "group_notes.png"]
-    for name in names:
-        (tmp_path / name).write_bytes(b"")
-    assert sorted(p.name for p in stale_plots(tmp_path)) == sorted(names[:3])
+
+def write_report_dir(runs, out):
+    from ferens.report import write_report
+
+    write_report(runs, out=out, n_boot=10)
+    return out
 
 
 def test_runs_are_selected_by_glob_patterns(study):

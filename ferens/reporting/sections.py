@@ -42,14 +42,6 @@ GROUP_PLOT = re.compile(r"group_[0-9][0-9]_.*")
 MAX_TABLE_RUNS = 6
 
 
-def stale_plots(out: Path) -> list[Path]:
-    """Per-run and per-group PNGs of an earlier report in `out` (a new one may not redraw them).
-    """
-    return [p for p in out.glob("*.png")
-            if (re.fullmatch(r"[0-9][0-9]_.*", p.stem) and p.stem.endswith(RUN_PLOT_KINDS))
-            or GROUP_PLOT.fullmatch(p.stem) or p.name == "disagreement.png"]
-
-
 def leaderboard_order(metrics: dict) -> list[int]:
     """Indices into metrics["runs"], best first."""
     index = {r["name"]: i for i, r in enumerate(metrics["runs"])}

@@ -1,0 +1,152 @@
+"""Tables and plot of study v2 (issue 13) from its committed outputs.
+
+    .venv/bin/python experiments/study_v2_tables.py > results/study_v2/tables.md
+
+Reads ``results/study_v2/members/*`` plus v1's ``strong-e45`` (the base recipe's seed 0), the
+ensembles in ``results/study_v2/ensembles``, and writes
+``results/study_v2/accuracy_vs_minutes.png``.
+Every gain is shown against the base recipe's seed spread and with McNemar's exact test against
+``strong-e45``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import binomtest
+from study_tables import plot_accuracy_vs_minutes
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "results" / "study_v2"
+BASE = ROOT / "results" / "study" / "members" / "strong-e45"
+# Fields that say how a member was run, not what it learned from.
+BOOKKEEPING = {"name", "out_dir", "data", "threads", "workers", "device", "compile", "seed",
+               "engine", "ferplus", "channels_last", "extra"}
+
+
+def load(folder: Path) -> dict:
+    preds = np.load(folder / "predictions" / "test.npz")
+    return {"name": folder.name, "folder": folder,
+            "summary": json.loads((folder / "summary.json").read_text()),
+            "config": json.loads((folder / "config.json").read_text()),
+            "test": preds}
+
+
+def recipe_change(config: dict, base: dict) -> str:
+    diffs = [f"{k}={config[k]}" for k in config
+             if k not in BOOKKEEPING and k in base and config[k] != base[k]]
+    diffs += [f"{k}={config[k]}" for k in config if k not in base and k not in BOOKKEEPING
+              and config[k] not in (0, 0.0, False, None, 1.0, 0.5, 2.0, "auto")]
+    return ", ".join(diffs) or "- (base recipe)"
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    z = 1.959964
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def correct(run: dict, order: np.ndarray) -> np.ndarray:
+    t = run["test"]
+    position = {r: i for i, r in enumerate(t["row_ids"])}
+    idx = np.array([position[r] for r in order])
+    return t["logits"][idx].argmax(1) == t["labels"][idx]
+
+
+def mcnemar(a: dict, b: dict) -> float:
+    order = a["test"]["row_ids"]
+    ra, rb = correct(a, order), correct(b, order)
+    only_a, only_b = int((ra & ~rb).sum()), int((~ra & rb).sum())
+    return 1.0 if only_a + only_b == 0 else binomtest(only_a, only_a + only_b).pvalue
+
+
+def members_table(runs: list[dict], base: dict, seeds: list[dict]) -> list[str]:
+    accs = [r["summary"]["test"]["accuracy"] for r in seeds]
+    mean = statistics.mean(accs)
+    sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+    lines = ["| member | seed | change vs the base recipe | engine | train min x threads | "
+             "best epoch | val acc | test acc [95% CI] | test macro-F1 | Disgust | Fear | "
+             "test - base seed mean (in base sd) | McNemar p vs strong-e45 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        s, c = r["summary"], r["config"]
+        acc, n = s["test"]["accuracy"], s["test"]["n"]
+        low, high = wilson(round(acc * n), n)
+        rec = s["test"]["per_class_recall"]
+        gap = acc - mean
+        units = f" ({gap / sd:+.1f} sd)" if sd == sd and sd > 0 else ""
+        lines.append(
+            f"| {r['name']} | {c['seed']} | {recipe_change(c, base['config'])} | "
+            f"{c.get('engine', 1)} | {s['train_minutes']:.0f} x {s['threads']} | "
+            f"{s['best_epoch']}/{s['epochs_run']} | {s['val']['accuracy']:.4f} | "
+            f"{acc:.4f} [{low:.3f}, {high:.3f}] | {s['test']['macro_f1']:.4f} | "
+            f"{rec['Disgust']:.3f} | {rec['Fear']:.3f} | {gap:+.4f}{units} | "
+            f"{'-' if r is base else f'{mcnemar(base, r):.3g}'} |")
+    return lines
+
+
+def seeds_table(seeds: list[dict]) -> list[str]:
+    lines = ["| split | seeds | mean | sd | min | max |", "|---|---|---|---|---|---|"]
+    for split in ("val", "test"):
+        accs = [r["summary"][split]["accuracy"] for r in seeds]
+        sd = f"{statistics.stdev(accs):.4f}" if len(accs) > 1 else "-"
+        lines.append(f"| {split} | {', '.join(r['name'] for r in seeds)} | "
+                     f"{statistics.mean(accs):.4f} | {sd} | {min(accs):.4f} | {max(accs):.4f} |")
+    return lines
+
+
+def tta_table(runs: list[dict]) -> list[str]:
+    modes = ("none", "flip", "shift", "tencrop")
+    lines = ["| member | split | " + " | ".join(modes) + " | gain of the saved TTA over none |",
+             "|---|---|" + "---|" * (len(modes) + 1)]
+    for r in runs:
+        tta = r["summary"].get("tta_accuracy")
+        if not tta:
+            continue
+        for split in ("val", "test"):
+            row = tta[split]
+            saved = r["config"]["tta"]
+            cells = [f"{row[m]:.4f}" if m in row else "-" for m in modes]
+            lines.append(f"| {r['name']} | {split} | " + " | ".join(cells)
+                         + f" | {row[saved] - row['none']:+.4f} ({saved}) |")
+    return lines
+
+
+def ensemble_table(study: Path) -> list[str]:
+    lines = ["| ensemble | members | val acc | test acc | test macro-F1 | best member (by val), "
+             "test | gain |", "|---|---|---|---|---|---|---|"]
+    for path in sorted((study / "ensembles").glob("*")):
+        s = json.loads((path / "summary.json").read_text())
+        best = s["best_member"]
+        gain = s["test"]["accuracy"] - best["test_accuracy"]
+        lines.append(
+            f"| {path.name} | {len(s['members'])} | {s['val']['accuracy']:.4f} | "
+            f"{s['test']['accuracy']:.4f} | {s['test']['macro_f1']:.4f} | {best['name']} "
+            f"({best['test_accuracy']:.4f}) | {gain:+.4f} |")
+    return lines
+
+
+def main(study: Path = STUDY) -> None:
+    base = load(BASE)
+    runs = [base] + [load(p) for p in sorted((study / "members").glob("*"))
+                     if (p / "summary.json").is_file()]
+    seeds = [r for r in runs if recipe_change(r["config"], base["config"]) == "- (base recipe)"]
+    out = ["### Members: each recipe feature alone on the base recipe (strong-e45), and seeds",
+           "", *members_table(runs, base, seeds), "",
+           "### Seed spread of the base recipe", "", *seeds_table(seeds), "",
+           "### Test-time augmentation, accuracy per mode (engine-2 members)", "",
+           *tta_table(runs)]
+    if (study / "ensembles").is_dir():
+        out += ["", "### Ensembles (fitted on PublicTest only)", "", *ensemble_table(study)]
+    print("\n".join(out))
+    plot_accuracy_vs_minutes(study, [r["folder"] for r in runs])
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else STUDY)

@@ -1,0 +1,128 @@
+"""Output folders that never cost a user a file.
+
+A command replaces only a folder it can prove is its own earlier output of the same kind. It
+builds the new output in a uniquely named temporary folder beside ``out`` (never a guessable
+sibling of a user path), then swaps it into place: the old folder is moved aside and deleted only
+once the new one is there. An interrupted command therefore leaves either the old output or the
+new one, never a mix. A lock beside the folder keeps two ferens processes from writing it at once.
+
+    with output_folder(Path("ensembles/mean"), "ensemble") as tmp:
+        ...write files into tmp...
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ferens.errors import FerensError
+
+RUN_FILES = {"config.json", "summary.json", "predictions"}
+PREDICTION_FILES = {"val.npz", "test.npz", "train.npz"}
+PREDICT_FILES = {"predictions.csv", "predictions.json", "annotated", "timelines"}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _no_links(folder: Path) -> bool:
+    return not any(p.is_symlink() for p in folder.rglob("*"))
+
+
+def is_own_output(folder: Path, kind: str) -> bool:
+    """Whether ``folder`` holds nothing but an earlier output of ``kind``: ``ensemble`` or
+    ``adjusted`` (a run folder of that kind), ``report`` or ``predictions``."""
+    names = {p.name for p in folder.iterdir()}
+    if not _no_links(folder):
+        return False
+    if kind in ("ensemble", "adjusted"):
+        config = _read_json(folder / "config.json")
+        predictions = folder / "predictions"
+        return (config is not None and config.get("kind") == kind and names <= RUN_FILES
+                and (not predictions.exists() or {p.name for p in predictions.iterdir()}
+                     <= PREDICTION_FILES))
+    if kind == "report":  # exactly the files the earlier report lists as its own
+        metrics = _read_json(folder / "metrics.json")
+        return (metrics is not None and isinstance(metrics.get("files"), list)
+                and all(p.is_file() for p in folder.iterdir())
+                and names <= set(metrics["files"]))
+    if kind == "predictions":
+        payload = _read_json(folder / "predictions.json")
+        return payload is not None and "rows" in payload and names <= PREDICT_FILES
+    raise ValueError(f"unknown output kind {kind!r}")
+
+
+def check_replaceable(out: str | Path, kind: str) -> None:
+    """Refuse an ``out`` that is a file, a link, or a non-empty folder that is not an earlier
+    output of ``kind`` (cheap: commands call it before any work)."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise FerensError(f"{out}: exists and is not a folder; refusing to replace it")
+    if out.is_dir() and any(out.iterdir()) and not is_own_output(out, kind):
+        raise FerensError(f"{out}: is not an earlier ferens {kind} output (it holds other "
+                          "files); refusing to replace it. Choose another --out")
+
+
+def staging_folder(out: Path, kind: str) -> Path:
+    """A new, uniquely named temporary folder beside a replaceable ``out``."""
+    check_replaceable(out, kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make the output private to its writer
+    return tmp
+
+
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``; an old ``out`` is moved aside first and deleted
+    only once the new one is in place."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "previous")
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (a hidden lock file beside it) or fail at once with
+    one line when another process holds it. The lock dies with its process."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.parent / f".{folder.name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FerensError(f"{folder}: another ferens process is writing it; wait for it "
+                              "to finish (or stop it) and run the command again") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def output_folder(out: str | Path, kind: str) -> Iterator[Path]:
+    """Lock ``out``, yield a staging folder to write into, and swap it into place on success;
+    on any failure the staging folder is removed and ``out`` is left as it was."""
+    out = Path(out)
+    with folder_lock(out):
+        tmp = staging_folder(out, kind)
+        try:
+            yield tmp
+            swap_into_place(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
