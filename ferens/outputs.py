@@ -4,7 +4,8 @@ A command replaces only a folder it can prove is its own earlier output of the s
 builds the new output in a uniquely named temporary folder beside ``out`` (never a guessable
 sibling of a user path), then swaps it into place: the old folder is moved aside and deleted only
 once the new one is there. An interrupted command therefore leaves either the old output or the
-new one, never a mix. A lock beside the folder keeps two ferens processes from writing it at once.
+new one, never a mix. A lock (a file in the machine's temp folder, keyed by the folder's path)
+keeps two ferens processes from writing the same folder at once.
 
     with output_folder(Path("ensembles/mean"), "ensemble") as tmp:
         ...write files into tmp...
@@ -13,6 +14,7 @@ new one, never a mix. A lock beside the folder keeps two ferens processes from w
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +27,7 @@ from ferens.errors import FerensError
 
 RUN_FILES = {"config.json", "summary.json", "predictions"}
 PREDICTION_FILES = {"val.npz", "test.npz", "train.npz"}
+LEGACY_REPORT_SUFFIXES = {".png", ".html", ".md", ".json"}
 PREDICT_FILES = {"predictions.csv", "predictions.json", "annotated", "timelines"}
 
 
@@ -54,9 +57,12 @@ def is_own_output(folder: Path, kind: str) -> bool:
                      <= PREDICTION_FILES))
     if kind == "report":  # exactly the files the earlier report lists as its own
         metrics = _read_json(folder / "metrics.json")
-        return (metrics is not None and isinstance(metrics.get("files"), list)
-                and all(p.is_file() for p in folder.iterdir())
-                and names <= set(metrics["files"]))
+        if metrics is None or not all(p.is_file() for p in folder.iterdir()):
+            return False
+        if "files" not in metrics:  # written before reports listed their files
+            return ("runs" in metrics and "class_names" in metrics
+                    and all(p.suffix in LEGACY_REPORT_SUFFIXES for p in folder.iterdir()))
+        return isinstance(metrics["files"], list) and names <= set(metrics["files"])
     if kind == "predictions":
         payload = _read_json(folder / "predictions.json")
         return payload is not None and "rows" in payload and names <= PREDICT_FILES
@@ -95,14 +101,20 @@ def swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def lock_path(folder: Path) -> Path:
+    """The lock file of a folder: in the machine's temp folder, named by a hash of the folder's
+    absolute path, so no lock file ever lands among the user's or the study's files."""
+    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:24]
+    root = Path(tempfile.gettempdir()) / f"ferens-locks-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root / f"{key}.lock"
+
+
 @contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (a hidden lock file beside it) or fail at once with
-    one line when another process holds it. The lock dies with its process."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    path = folder.parent / f".{folder.name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold an exclusive lock on ``folder`` or fail at once with one line when another process
+    holds it. The lock dies with its process; it guards processes on one machine."""
+    fd = os.open(lock_path(folder), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

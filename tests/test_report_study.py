@@ -285,7 +285,7 @@ def test_a_new_report_replaces_an_earlier_one_whole_and_refuses_a_users_folder(s
     with pytest.raises(FerensError, match="refusing to replace it"):
         write_report_dir(runs, mine)
     assert (mine / "notes.txt").read_text() == "keep"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".rep.lock", "mine", "rep"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "rep"]
 
 
 def write_report_dir(runs, out):
