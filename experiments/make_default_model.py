@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--study", required=True, help="study file that declares the member")
     parser.add_argument("--member", required=True, help="member name in the study file")
     parser.add_argument("--data", default=None, help="FER2013 data [../shared/...]")
+    parser.add_argument("--trained-commit", default=None,
+                        help="commit of the ferens code that trained the run [HEAD]")
     parser.add_argument("--out", type=Path, default=SHIPPED_BUNDLE)
     ns = parser.parse_args()
     summary = read_json(ns.run / "summary.json")
@@ -46,12 +48,17 @@ def main() -> None:
         manifest_path = staged / "manifest.json"
         manifest = read_json(manifest_path)
         manifest["source"] = f"{ns.study} member {ns.member}"
+        for entry in manifest["members"]:  # not this machine's paths
+            entry["source"] = manifest["source"]
         manifest["provenance"] = {
-            "member": ns.member, "study": ns.study, "source_commit": git_commit(),
+            "member": ns.member, "study": ns.study,
+            "source_commit": ns.trained_commit or git_commit(), "packed_at_commit": git_commit(),
             "config": read_json(ns.run / "config.json"),
             "train_command": f"ferens study {ns.study} --only {ns.member}",
             "make_command": (f"python experiments/make_default_model.py runs/{ns.member} "
-                             f"--study {ns.study} --member {ns.member}"),
+                             f"--study {ns.study} --member {ns.member}"
+                             + (f" --trained-commit {ns.trained_commit}"
+                                if ns.trained_commit else "")),
             "evaluate_command": "ferens evaluate --split test",
             "val_accuracy": scores["val"]["accuracy"],
             "test_accuracy": scores["test"]["accuracy"],

@@ -25,6 +25,7 @@ from ferens.predictions import (
     Predictions,
     Run,
     check_output_folder,
+    label_set,
     load_run,
     save_predictions,
     split_metrics,
@@ -112,8 +113,8 @@ def _write_adjusted(folder: Path, name: str, run_dir: Path, source, adjusted: di
         save_predictions(folder / "predictions" / f"{split}.npz", adjusted[split])
     out = folder
     write_json(out / "config.json", {
-        "kind": "adjusted", "name": name, "source": str(run_dir), "tau": chosen,
-        "log_prior": log_prior.tolist(), "prior_from": "val labels",
+        "kind": "adjusted", "name": name, "source": str(run_dir), "labels": label_set(source),
+        "tau": chosen, "log_prior": log_prior.tolist(), "prior_from": "val labels",
         "select": select, "max_accuracy_loss": max_accuracy_loss})
     write_json(out / "summary.json", {
         "name": name, "kind": "adjusted", "source": source.name, "tau": chosen,

@@ -35,7 +35,7 @@ from ferens.adjust import adjusted_log_probs
 from ferens.classes import CLASS_NAMES
 from ferens.config import TrainConfig
 from ferens.data import file_sha256
-from ferens.ensemble import apply_combination, ferens_version, fitted_parameters
+from ferens.ensemble import METHODS, apply_combination, ferens_version, fitted_parameters
 from ferens.errors import FerensError
 from ferens.inference import load_member_model, predict_logits, select_device
 from ferens.outputs import folder_lock, swap_into_place
@@ -71,6 +71,48 @@ def combine_outputs(node: dict, member_logits: list[np.ndarray]) -> np.ndarray:
 def leaf_count(node: dict) -> int:
     """Number of member leaves under a combiner node."""
     return 1 if "member" in node else sum(leaf_count(c) for c in node["inputs"])
+
+
+MAX_COMBINER_DEPTH = 32
+
+
+def _check_node(node, n_members: int, depth: int = 0) -> None:
+    """The combiner's shape: tables all the way down, every leaf one of the members."""
+    if depth > MAX_COMBINER_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_COMBINER_DEPTH}")
+    if not isinstance(node, dict):
+        raise ValueError(f"a node is a {type(node).__name__}, not a table")
+    if "member" in node:
+        i = node["member"]
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_members:
+            raise ValueError(f"member {i!r} is not one of the bundle's {n_members} members")
+        return
+    inputs = node.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ValueError("a node has no inputs")
+    if "adjust" in node and len(inputs) != 1:
+        raise ValueError("an adjust node needs exactly one input")
+    if "adjust" not in node and node.get("method") not in METHODS:
+        raise ValueError(f"unknown method {node.get('method')!r}")
+    for child in inputs:
+        _check_node(child, n_members, depth + 1)
+
+
+def check_combiner(node, n_members: int, where: Path) -> None:
+    """Refuse a damaged combiner at load time, before any face is predicted: its shape, then a
+    trial run on made-up member logits that must give finite (N, classes) outputs."""
+    n_classes = len(CLASS_NAMES)
+    trial = [np.linspace(-2.0, 2.0, 2 * n_classes).reshape(2, n_classes) + i
+             for i in range(n_members)]
+    try:
+        _check_node(node, n_members)
+        with np.errstate(all="ignore"):
+            out = combine_outputs(node, trial)
+        if np.shape(out) != (2, n_classes) or not np.isfinite(out).all():
+            raise ValueError(f"it gives {np.shape(out)} outputs, not finite (N, {n_classes})")
+    except (FerensError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            RecursionError) as exc:
+        raise FerensError(f"{where}: damaged combiner ({str(exc)[:200]})") from None
 
 
 
@@ -154,6 +196,7 @@ def _write_member(src: Path, dest: Path, onnx: bool, half: bool = False) -> dict
     """Copy one member's config and weights (fp16 with ``half``; ONNX too with ``onnx``);
     returns its manifest entry."""
     cfg = TrainConfig.load(src / "config.json")
+    load_member_model(cfg, src / WEIGHTS_FILE, torch.device("cpu"))  # truncated: fail now
     dest.mkdir(parents=True)
     cfg.save(dest / "config.json")
     if half:
@@ -286,12 +329,26 @@ class _OnnxModule(nn.Module):
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.path = path
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own types: a damaged or foreign file
+            raise FerensError(f"{path}: cannot load the ONNX model ({_first_line(exc)})"
+                              ) from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {"input": batch})[0])
+        try:
+            logits = self.session.run(None, {"input": batch})[0]
+        except Exception as exc:  # a loadable ONNX file of another model
+            raise FerensError(f"{self.path}: the ONNX model fails on faces "
+                              f"({_first_line(exc)})") from None
+        return torch.from_numpy(logits)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 @dataclass
@@ -369,7 +426,7 @@ def _read_manifest(path: Path) -> dict:
         raise FerensError(f"{path}: not a ferens bundle (no {MANIFEST})")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FerensError(f"{path / MANIFEST}: corrupted manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FerensError(f"{path / MANIFEST}: not a ferens bundle manifest")
@@ -382,8 +439,20 @@ def _read_manifest(path: Path) -> dict:
     for key in ("members", "combiner", "class_names"):
         if key not in manifest:
             raise FerensError(f"{path / MANIFEST}: corrupted manifest (no {key!r})")
-    if leaf_count(manifest["combiner"]) < 1 or not manifest["members"]:
+    members = manifest["members"]
+    if not isinstance(members, list) or not members:
         raise FerensError(f"{path / MANIFEST}: corrupted manifest (no members)")
+    for i, entry in enumerate(members):
+        files = entry.get("files") if isinstance(entry, dict) else None
+        if not isinstance(files, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise FerensError(f"{path / MANIFEST}: corrupted manifest (member {i} is not a "
+                              "table with the names and checksums of its files)")
+    names = manifest["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise FerensError(f"{path / MANIFEST}: corrupted manifest (class_names is not a list "
+                          "of names)")
+    check_combiner(manifest["combiner"], len(members), path / MANIFEST)
     return manifest
 
 

@@ -108,6 +108,10 @@ def train_member_cmd(
     print(f"{summary['name']}: val acc {summary['val']['accuracy']:.4f}, "
           f"test acc {test['accuracy']:.4f}, test macro-F1 {test['macro_f1']:.4f}, "
           f"{summary['train_minutes']:.1f} train min, {summary['images_per_second']:.0f} img/s")
+    if values.get("labels") == "ferplus":
+        print("note: FER+ labels on every split: val and test are relabelled and filtered too, "
+              "so these scores are not comparable with FER2013-label runs, and `ferens "
+              "ensemble` keeps this member out of their ensembles")
 
 
 @app.command("ensemble")
@@ -281,9 +285,12 @@ def evaluate_cmd(
     """Accuracy, macro-F1 and per-class recall of a bundle on labelled FER2013 data."""
     from ferens.evaluate import evaluate_bundle
     from ferens.inference import configure_threads
+    from ferens.outputs import check_output_file
     from ferens.predictions import write_json
     from ferens.shipped import load_model
 
+    if out is not None:
+        check_output_file(out)
     configure_threads(threads)
     metrics = evaluate_bundle(load_model(model).bundle, data, split, backend)
     print(f"{metrics['model']} on {metrics['data']} [{split}, {metrics['rows']} rows]: "

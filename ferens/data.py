@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ FERPLUS_TO_FER = {"anger": 0, "disgust": 1, "fear": 2, "happiness": 3, "sadness"
 FOLDER_CLASS_NAMES = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 ROWS_PER_BLOCK = 2048
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -110,11 +112,13 @@ def file_sha256(path: Path) -> str:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when gzipped, without a leading UTF-8 byte-order mark."""
     try:
         raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError) as exc:
+        raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged deflate stream
         raise FerensError(f"{path}: cannot read ({exc})") from None
+    return raw[len(UTF8_BOM):] if raw.startswith(UTF8_BOM) else raw
 
 
 def _parse_csv(path: Path) -> FerDataset:
@@ -330,12 +334,31 @@ def ferplus_majority(votes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return labels, kind.astype(str)
 
 
-def apply_ferplus_labels(ds: FerDataset, ferplus_path: str | Path) -> FerDataset:
-    """Replace labels by the FER+ majority; drop rows without a clear emotion majority."""
-    votes = read_ferplus_votes(ferplus_path)
-    if ds.row_ids.max() >= len(votes):
-        raise FerensError(f"{ferplus_path}: has {len(votes)} rows but the data has row id "
+def check_ferplus_rows(votes: pd.DataFrame, ds: FerDataset, path: str | Path) -> None:
+    """FER+ joins by fer2013.csv row: refuse data whose row ids are not CSV rows (an image
+    folder's are file positions) and any row whose FER+ Usage is not its Usage in the data."""
+    if Path(ds.source).is_dir():
+        raise FerensError(f"{path}: FER+ votes join by fer2013.csv row, but {ds.source} is an "
+                          "image folder, whose row ids are file positions; use fer2013.csv")
+    if len(ds) and ds.row_ids.max() >= len(votes):
+        raise FerensError(f"{path}: has {len(votes)} rows but the data has row id "
                           f"{int(ds.row_ids.max())}; FER+ rows must match fer2013.csv rows")
+    usage = votes["Usage"].astype(str).str.strip().to_numpy()[ds.row_ids]
+    wrong = np.flatnonzero(usage != ds.usage)
+    if len(wrong):
+        i = wrong[0]
+        raise FerensError(f"{path}: row {int(ds.row_ids[i])} is {usage[i]!r} in FER+ but "
+                          f"{str(ds.usage[i])!r} in {ds.source} ({len(wrong)} rows differ); "
+                          "FER+ joins by fer2013.csv row order, so the files do not match")
+
+
+def apply_ferplus_labels(ds: FerDataset, ferplus_path: str | Path) -> FerDataset:
+    """Replace labels by the FER+ majority; drop rows without a clear emotion majority.
+
+    All splits are relabelled and filtered, val and test too: such a member is scored on
+    FER+ labels, not FER2013's."""
+    votes = read_ferplus_votes(ferplus_path)
+    check_ferplus_rows(votes, ds, ferplus_path)
     labels, kind = ferplus_majority(votes)
     keep = kind[ds.row_ids] == "emotion"
     out = ds.subset(keep)

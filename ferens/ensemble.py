@@ -31,6 +31,7 @@ from ferens.predictions import (
     Predictions,
     Run,
     check_output_folder,
+    label_set,
     load_predictions,
     load_run,
     save_predictions,
@@ -120,6 +121,17 @@ def check_members(members: list[Run]) -> list[Run]:
     """Validate members (count, rows, labels) and return them with rows in the first's order."""
     if len(members) < 2:
         raise FerensError(f"an ensemble needs at least 2 members, got {len(members)}")
+    paths = [Path(m.path).resolve() for m in members]
+    twice = sorted({str(m.path) for m, p in zip(members, paths, strict=True)
+                    if paths.count(p) > 1})
+    if twice:
+        raise FerensError(f"member {twice[0]} is given twice; give each member once")
+    labels = [label_set(m) for m in members]
+    if len(set(labels)) > 1:
+        raise FerensError("members are scored on different labels: " + ", ".join(
+            f"{m.name} ({lab})" for m, lab in zip(members, labels, strict=True))
+            + "; a --labels ferplus member has FER+-relabelled, filtered val and test rows, "
+            "so it cannot be combined with FER2013-label runs")
     ref = members[0]
     names = unique_names([m.name for m in members])
     for s in SPLITS:
@@ -469,6 +481,7 @@ def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
         result = _fit(method, used, names, temps, seed, greedy_metric)
         loo = leave_one_out(used, result, seed, greedy_metric)
     config = {"kind": "ensemble", "name": out.name, "method": method,
+              "labels": label_set(members[0]),
               "members": [{"name": n, "path": str(d)}
                           for n, d in zip(result.members, run_dirs, strict=True)],
               "options": {"temperature": temperature, "seed": seed, "greedy_metric": greedy_metric},

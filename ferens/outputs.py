@@ -69,10 +69,29 @@ def is_own_output(folder: Path, kind: str) -> bool:
     raise ValueError(f"unknown output kind {kind!r}")
 
 
+def check_creatable(path: str | Path) -> None:
+    """Refuse a path that cannot be created because a file stands where a folder must be."""
+    path = Path(path)
+    for parent in path.parents:  # the nearest existing one decides
+        if parent.is_dir():
+            return
+        if parent.exists() or parent.is_symlink():
+            raise FerensError(f"{path}: cannot be created: {parent} is a file, not a folder")
+
+
+def check_output_file(path: str | Path) -> None:
+    """Refuse an output file path that is a folder or lies under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise FerensError(f"{path}: is a folder; give a file name to write")
+    check_creatable(path)
+
+
 def check_replaceable(out: str | Path, kind: str) -> None:
-    """Refuse an ``out`` that is a file, a link, or a non-empty folder that is not an earlier
-    output of ``kind`` (cheap: commands call it before any work)."""
+    """Refuse an ``out`` that is a file, a link, a path under a file, or a non-empty folder
+    that is not an earlier output of ``kind`` (cheap: commands call it before any work)."""
     out = Path(out)
+    check_creatable(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise FerensError(f"{out}: exists and is not a folder; refusing to replace it")
     if out.is_dir() and any(out.iterdir()) and not is_own_output(out, kind):
@@ -114,6 +133,7 @@ def lock_path(folder: Path) -> Path:
 def folder_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` or fail at once with one line when another process
     holds it. The lock dies with its process; it guards processes on one machine."""
+    check_creatable(folder)  # a file where a folder must be: one line, before any work
     fd = os.open(lock_path(folder), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

@@ -71,6 +71,12 @@ class Run:
         return self.splits["test"]
 
 
+def label_set(run: Run) -> str:
+    """The labels a run is scored on: ``fer2013``, or ``ferplus`` for a ``--labels ferplus``
+    member (val and test relabelled and filtered by FER+ too) and what is built from one."""
+    return str(run.config.get("labels") or "fer2013")
+
+
 def unique_names(names: list[str]) -> list[str]:
     """Run names made unique by appending #2, #3, ... to repeats (summary and report keys)."""
     seen: dict[str, int] = {}

@@ -94,6 +94,9 @@ def compute_metrics(runs: list[Run], split: str = "test",
         skipped.append(SKIP_NO_DATA)
     if ferplus is None:
         skipped.append(SKIP_NO_FERPLUS)
+    else:
+        for run, p in zip(runs, preds, strict=True):
+            ferplus.check_split(p.row_ids, split, str(run.path))
     run_entries = [run_metrics(name, run, p, ferplus, seed, n_boot)
                    for name, run, p in zip(names, runs, preds, strict=True)]
     out = {

@@ -7,9 +7,11 @@
 Members train as subprocesses, ``lanes`` at a time with ``cores // lanes`` threads each
 (``threads`` overrides that share; on a 2-core CPU two one-thread members beat one two-thread
 member). On a GPU machine one member trains per GPU, with the cores split into its loader
-workers. Finished members are skipped;
-interrupted ones resume from their last epoch. Each finished member's small outputs are copied
-to ``results_dir/members/<name>`` at once, so nothing finished is lost when a session ends.
+workers. Finished members are skipped; interrupted ones resume from their last epoch.
+Stopping the study (Ctrl-C, SIGTERM, on Linux even SIGKILL) stops its members with it
+(``ferens.children``), and a member that another process is still training is reported and
+not started a second time. Each finished member's small outputs are copied to
+``results_dir/members/<name>`` at once, so nothing finished is lost when a session ends.
 Then every ensemble method runs, the runs named in ``adjust`` get a ``ferens adjust``
 logit adjustment (into ``results_dir/adjusted``), and one report covers them all.
 
@@ -19,6 +21,7 @@ instead, on this machine or a cluster: see ``ferens.study_ray``.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -29,8 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferens.adjust import SELECT
+from ferens.children import die_with_parent, sigterm_interrupts
+from ferens.children import stop as stop_children
 from ferens.config import TrainConfig, config_differences
 from ferens.errors import FerensError
+from ferens.outputs import check_creatable, folder_lock
 from ferens.predictions import read_json, write_json
 
 SMALL_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.npz",
@@ -39,6 +45,16 @@ SMALL_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.
 OPTIONAL_OUTPUTS = ("predictions/train.npz",)
 ALL_METHODS = ("mean", "logit-mean", "weighted", "greedy", "stack")
 BACKENDS = ("local", "ray")
+TABLES = ("study", "defaults", "members", "ray")  # [ray]: read by ferens.study_ray
+STUDY_KEYS = {  # every [study] key and what its value must be
+    "results_dir": (str, "a folder path"), "lanes": (int, "a whole number >= 0"),
+    "ensemble_methods": (list, f"a list of ensemble methods from {list(ALL_METHODS)}"),
+    "ferplus": (str, "the path of fer2013new.csv"), "data": (str, "a FER2013 data path"),
+    "extra_runs": (list, "a list of run folders"),
+    "adjust": (list, "a list of member or ensemble method names"),
+    "adjust_select": (str, f"one of {list(SELECT)}"),
+    "adjust_max_accuracy_loss": (float, "a number from 0 to 1"),
+}
 
 
 @dataclass
@@ -67,8 +83,7 @@ def load_study(path: str | Path) -> Study:
         spec = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise FerensError(f"{path}: cannot parse TOML ({exc})") from None
-    head, defaults = spec.get("study", {}), spec.get("defaults", {})
-    entries = spec.get("members", [])
+    head, defaults, entries = _check_tables(spec, path)
     if not entries:
         raise FerensError(f"{path}: no [[members]] tables")
     members = [TrainConfig.from_dict(defaults | entry, source=f"{path} member {i}")
@@ -96,6 +111,38 @@ def load_study(path: str | Path) -> Study:
                  adjust=adjust,
                  adjust_select=select,
                  adjust_max_accuracy_loss=float(head.get("adjust_max_accuracy_loss", 0.01)))
+
+
+def _check_tables(spec: dict, path: Path) -> tuple[dict, dict, list]:
+    """([study], [defaults], [[members]]) after refusing unknown tables and keys and mistyped
+    [study] values (member and default keys are checked by TrainConfig)."""
+    unknown = sorted(set(spec) - set(TABLES))
+    if unknown:
+        raise FerensError(f"{path}: unknown table(s) {unknown}; a study file has [study], "
+                          "[defaults], [[members]] and [ray]")
+    head, defaults, entries = (spec.get("study", {}), spec.get("defaults", {}),
+                               spec.get("members", []))
+    if not isinstance(head, dict) or not isinstance(defaults, dict):
+        raise FerensError(f"{path}: [study] and [defaults] must be tables")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise FerensError(f"{path}: members must be [[members]] tables, one per member")
+    unknown = sorted(set(head) - set(STUDY_KEYS))
+    if unknown:
+        raise FerensError(f"{path}: unknown [study] key(s) {unknown}; expected some of "
+                          f"{sorted(STUDY_KEYS)}")
+    for key, value in head.items():
+        kind, expected = STUDY_KEYS[key]
+        ok = (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1
+              if kind is float else isinstance(value, kind))
+        ok = ok and not isinstance(value, bool) and not (kind is int and value < 0)
+        ok = ok and not (kind is list and not all(isinstance(v, str) for v in value))
+        if not ok:
+            raise FerensError(f"{path}: [study] {key}={value!r}: expected {expected}")
+    if "ray" in spec:  # checked here too, so a typo in [ray] is never silently ignored
+        from ferens.study_ray import load_ray_settings
+
+        load_ray_settings(path)
+    return head, defaults, entries
 
 
 def lane_plan(pending: int, lanes: int = 0, cores: int | None = None) -> tuple[int, int]:
@@ -163,19 +210,29 @@ class Slot:
     gpu: int | None = None
 
 
+def member_command(spec: Path, slot: Slot) -> list[str]:
+    """The command that trains (or resumes) the member whose config is in ``spec``."""
+    cmd = [sys.executable, "-m", "ferens.cli", "train-member", "--config", str(spec),
+           "--threads", str(slot.threads), "--resume"]
+    if slot.workers is not None:
+        cmd += ["--workers", str(slot.workers)]
+    return cmd
+
+
 def _launch(cfg: TrainConfig, slot: Slot) -> subprocess.Popen:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     spec = cfg.run_dir.parent / f"{cfg.name}.study.json"
     write_json(spec, cfg.to_dict())
     env = os.environ | {"OMP_NUM_THREADS": str(slot.threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "ferens.cli", "train-member", "--config", str(spec),
-           "--threads", str(slot.threads), "--resume"]
     if slot.gpu is not None:  # the child sees only its own GPU, as cuda:0
         env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
-    if slot.workers is not None:
-        cmd += ["--workers", str(slot.workers)]
-    with open(cfg.run_dir.parent / f"{cfg.name}.log", "a") as log:  # the child keeps its copy
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(_log_path(cfg), "a") as log:  # the child keeps its copy
+        return subprocess.Popen(member_command(spec, slot), stdout=log,
+                                stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent())
+
+
+def _log_path(cfg: TrainConfig) -> Path:
+    return cfg.run_dir.parent / f"{cfg.name}.log"
 
 
 def plan_slots(study: Study, pending: list[TrainConfig], lanes: int | None = None,
@@ -219,32 +276,68 @@ def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
     free = list(slots)
     failed = []
     try:
-        while pending or running:
-            while pending and free:
-                cfg, slot = pending.pop(0), free.pop(0)
-                running[cfg.name] = (_launch(cfg, slot), cfg, time.time(), slot)
-                _say(f"started {cfg.name}" + (f" on GPU {slot.gpu}" if slot.gpu is not None
-                                              else ""))
-            time.sleep(poll)
-            for name, (proc, cfg, start, slot) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[name]
-                free.append(slot)
-                minutes = (time.time() - start) / 60
-                if proc.returncode == 0 and is_finished(cfg):
-                    collect_member(cfg, study.results_dir)
-                    acc = read_json(cfg.run_dir / "summary.json")["test"]["accuracy"]
-                    _say(f"finished {name} in {minutes:.1f} min: test accuracy {acc:.4f}")
-                else:
-                    failed.append(name)
-                    _say(f"FAILED {name} (exit {proc.returncode}); see its log")
-    except KeyboardInterrupt:
-        for proc, *_ in running.values():
-            proc.terminate()
-        _say("interrupted; run the same command again to resume")
+        with sigterm_interrupts():  # a SIGTERM stops the members as Ctrl-C does
+            _run_lanes(study, pending, running, free, failed, poll)
+    except BaseException as exc:  # Ctrl-C, SIGTERM or a crash here: never leave orphans
+        stop_children(proc for proc, *_ in running.values())
+        if isinstance(exc, KeyboardInterrupt):
+            _say("interrupted; the members were stopped; run the same command again to resume")
         raise
     return failed
+
+
+def _run_lanes(study: Study, pending: list[TrainConfig], running: dict, free: list[Slot],
+               failed: list[str], poll: float) -> None:
+    """Start members into free slots and collect them as they finish, until none is left."""
+    while pending or running:
+        while pending and free:
+            cfg = pending.pop(0)
+            if _writer_elsewhere(cfg):
+                failed.append(cfg.name)
+                _say(f"NOT STARTED {cfg.name}: another ferens process is training "
+                     f"{cfg.run_dir} (an earlier study still running?); stop it or let it "
+                     "finish, then run the study again")
+                continue
+            slot = free.pop(0)
+            running[cfg.name] = (_launch(cfg, slot), cfg, time.time(), slot)
+            _say(f"started {cfg.name}" + (f" on GPU {slot.gpu}" if slot.gpu is not None
+                                          else ""))
+        if not running:
+            break
+        time.sleep(poll)
+        for name, (proc, cfg, start, slot) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            free.append(slot)
+            minutes = (time.time() - start) / 60
+            if proc.returncode == 0 and is_finished(cfg):
+                collect_member(cfg, study.results_dir)
+                acc = read_json(cfg.run_dir / "summary.json")["test"]["accuracy"]
+                _say(f"finished {name} in {minutes:.1f} min: test accuracy {acc:.4f}")
+            else:
+                failed.append(name)
+                _say(f"FAILED {name} (exit {proc.returncode}): {_last_line(cfg)}; "
+                     f"see {_log_path(cfg)}")
+
+
+def _writer_elsewhere(cfg: TrainConfig) -> bool:
+    """Whether another process (a study still running, a train-member) holds the run folder."""
+    check_creatable(cfg.run_dir)  # a file in the way is its own one-line error
+    try:
+        with folder_lock(cfg.run_dir):
+            return False
+    except FerensError:
+        return True
+
+
+def _last_line(cfg: TrainConfig) -> str:
+    """The last line of a member's log: its one-line error when it failed on bad input."""
+    try:
+        lines = _log_path(cfg).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "empty log"
 
 
 def combine_and_report(study: Study) -> dict:
@@ -256,11 +349,16 @@ def combine_and_report(study: Study) -> dict:
     members = [study.results_dir / "members" / m.name for m in study.members
                if (study.results_dir / "members" / m.name / "summary.json").is_file()]
     members += [Path(p) for p in study.extra_runs]
+    combinable = [m for m in members if _fer2013_labels(m)]
+    for m in members:
+        if m not in combinable:
+            _say(f"not ensembling {m.name}: trained with --labels ferplus, so it is scored on "
+                 "FER+ labels (val and test relabelled and filtered)")
     ensembles = []
-    if len(members) >= 2:
+    if len(combinable) >= 2:
         for method in study.ensemble_methods:
             out = study.results_dir / "ensembles" / method
-            build_ensemble(members, method=method, out=out)
+            build_ensemble(combinable, method=method, out=out)
             ensembles.append(out)
             _say(f"ensemble {method}: test accuracy "
                  f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
@@ -283,6 +381,11 @@ def combine_and_report(study: Study) -> dict:
     _say(f"report: {report_dir / 'report.html'}")
     return {"members": [str(m) for m in members], "ensembles": [str(e) for e in ensembles],
             "adjusted": [str(a) for a in adjusted], "report": str(report_dir)}
+
+
+def _fer2013_labels(run_dir: Path) -> bool:
+    """Whether a run is scored on FER2013's labels (not a --labels ferplus member's)."""
+    return (read_json(run_dir / "config.json").get("labels") or "fer2013") == "fer2013"
 
 
 def run_study(path: str | Path, lanes: int | None = None, train: bool = True,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ferens.classes import NUM_CLASSES
-from ferens.data import FERPLUS_TO_FER, FerDataset, read_ferplus_votes
+from ferens.data import FERPLUS_TO_FER, FerDataset, check_ferplus_rows, read_ferplus_votes
 from ferens.errors import FerensError
 
 
@@ -31,20 +31,6 @@ def ferplus_distribution(votes, row_ids: np.ndarray) -> tuple[np.ndarray, np.nda
     shares = np.zeros_like(counts)
     shares[usable] = counts[usable] / total[usable, None]
     return shares.astype(np.float32), usable
-
-
-def check_ferplus_rows(votes, train: FerDataset, path: str | Path) -> None:
-    """FER+ joins by FER2013 CSV row: refuse a join whose rows are not Training rows there."""
-    if len(train) and train.row_ids.max() >= len(votes):
-        raise FerensError(f"{path}: has {len(votes)} rows but the data has row id "
-                          f"{int(train.row_ids.max())}; FER+ rows must match fer2013.csv rows")
-    usage = votes["Usage"].to_numpy()[train.row_ids]
-    wrong = np.flatnonzero(usage != "Training")
-    if len(wrong):
-        row = int(train.row_ids[wrong[0]])
-        raise FerensError(f"{path}: row {row} is {usage[wrong[0]]!r} in FER+ but Training in "
-                          f"{train.source}; FER+ joins by fer2013.csv row order (an image "
-                          "folder's row ids are file positions, not CSV rows)")
 
 
 def ferplus_soft_targets(train: FerDataset, path: str | Path, lam: float) -> np.ndarray:

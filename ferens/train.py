@@ -416,7 +416,11 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
     summary = {"name": cfg.name, "kind": "member", "model": cfg.model, "stem": cfg.stem,
                "width": cfg.width, "imbalance": cfg.imbalance, "best_epoch": state.best_epoch,
                "epochs_run": state.epoch, "stopped_early": state.stopped_early,
-               "engine": cfg.engine, "selection_tta": selection_tta(cfg)}
+               "engine": cfg.engine, "selection_tta": selection_tta(cfg), "labels": cfg.labels}
+    if cfg.labels == "ferplus":
+        summary["labels_note"] = ("FER+ majority labels on every split: val and test are "
+                                  "relabelled and filtered, so these numbers are not "
+                                  "comparable with FER2013-label runs")
     eval_start = time.perf_counter()
     saved = ("val", "test", "train") if cfg.engine >= 2 else ("val", "test")
     for split in saved:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +117,9 @@ def test_image_folder_rejects_wrong_size_and_unreadable_images(tmp_path):
         load_fer2013(tmp_path / "b")
 
 
-def _votes(rows: list[list[int]]) -> pd.DataFrame:
+def _votes(rows: list[list[int]], usage: list[str] | None = None) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(FERPLUS_VOTES))
-    frame.insert(0, "Usage", "Training")
+    frame.insert(0, "Usage", usage if usage is not None else "Training")
     return frame
 
 
@@ -138,7 +139,7 @@ def test_ferplus_majority_maps_to_fer_classes_and_flags_the_rest():
 def test_ferplus_labels_replace_fer_labels_and_drop_unclear_rows(tmp_path):
     rows = fer_rows({"Training": 1, "PublicTest": 1, "PrivateTest": 1})
     ds = load_fer2013(write_fer_csv(tmp_path / "fer.csv", rows))
-    votes = _votes([[0, 10, 0, 0, 0, 0, 0, 0, 0, 0]] * len(rows))
+    votes = _votes([[0, 10, 0, 0, 0, 0, 0, 0, 0, 0]] * len(rows), [r[2] for r in rows])
     votes.loc[3, list(FERPLUS_VOTES)] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 10]
     votes.to_csv(tmp_path / "ferplus.csv", index=False)
     relabelled = apply_ferplus_labels(ds, tmp_path / "ferplus.csv")
@@ -172,3 +173,79 @@ def test_fast_byte_parser_agrees_with_the_validating_parser(tmp_path, tiny_rows,
     assert np.array_equal(usage, slow.usage)
     assert _parse_canonical_bytes(raw.replace(b",Training", b",Train", 1)) is None
     assert _parse_canonical_bytes(raw.replace(b" ", b"  1 ", 1)) is None
+
+
+def _happy_votes(path: Path, usage: list[str]) -> Path:
+    _votes([[0, 10, 0, 0, 0, 0, 0, 0, 0, 0]] * len(usage), usage).to_csv(path, index=False)
+    return path
+
+
+def test_ferplus_labels_refuse_an_image_folder_whose_row_ids_are_file_positions(tmp_path):
+    _write_folder(tmp_path / "data", {"PublicTest_9.png": 3, "Training_1.png": 0,
+                                      "Training_2.png": 1, "PrivateTest_3.png": 2})
+    ds = load_fer2013(tmp_path / "data")
+    # even where FER+'s Usage happens to match the file order, file i is not CSV row i
+    votes = _happy_votes(tmp_path / "fer2013new.csv", ds.usage.tolist())
+    with pytest.raises(FerensError, match="image folder"):
+        apply_ferplus_labels(ds, votes)
+
+
+def test_ferplus_labels_check_every_row_against_the_ferplus_usage(tmp_path):
+    rows = fer_rows({"Training": 1, "PublicTest": 1, "PrivateTest": 1})
+    ds = load_fer2013(write_fer_csv(tmp_path / "fer.csv", rows))
+    usage = [r[2] for r in rows]
+    usage[9] = "Training"  # a PublicTest row of this CSV is a Training row in FER+
+    with pytest.raises(FerensError, match=r"row 9 is 'Training' in FER\+ but 'PublicTest'"):
+        apply_ferplus_labels(ds, _happy_votes(tmp_path / "fer2013new.csv", usage))
+
+
+@pytest.mark.parametrize("damage", ["bad deflate stream", "truncated", "bad checksum"])
+def test_a_corrupt_gz_is_one_line_and_exit_code_2(tmp_path, tiny_rows, damage, monkeypatch,
+                                                   capsys):
+    raw = write_fer_csv(tmp_path / "fer2013.csv.gz", tiny_rows).read_bytes()
+    bad = {"bad deflate stream": raw[:40] + bytes(20) + raw[60:],
+           "truncated": raw[:len(raw) // 2],
+           "bad checksum": raw[:-8] + bytes(4) + raw[-4:]}[damage]
+    path = tmp_path / "bad.csv.gz"
+    path.write_bytes(bad)
+    with pytest.raises(FerensError, match="bad.csv.gz: cannot read"):
+        load_fer2013(path)
+    code, _, err = run_cli(["train-member", "--data", path, "--name", "m", "--out-dir",
+                            tmp_path / "runs", "--epochs", "1", "--quiet"], monkeypatch, capsys)
+    assert code == 2 and err.startswith("ferens: error:") and err.count("\n") == 1
+    assert not (tmp_path / "runs" / "m").exists()
+    from test_report import make_run, synthetic_predictions
+
+    run = make_run(tmp_path, "run", synthetic_predictions(14, 0.5, seed=0, first_row=56))
+    code, _, err = run_cli(["report", run, "--out", tmp_path / "report", "--data", path],
+                           monkeypatch, capsys)
+    assert code == 2 and "bad.csv.gz: cannot read" in err and err.count("\n") == 1
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_utf8_bom_at_the_start_of_a_csv_is_accepted(tmp_path, tiny_rows):
+    plain = load_fer2013(write_fer_csv(tmp_path / "plain.csv", tiny_rows), cache=False)
+    for name in ("bom.csv", "bom.csv.gz"):
+        path = write_fer_csv(tmp_path / name, tiny_rows)
+        raw = path.read_bytes()
+        text = gzip.decompress(raw) if name.endswith(".gz") else raw
+        path.write_bytes(gzip.compress(b"\xef\xbb\xbf" + text) if name.endswith(".gz")
+                         else b"\xef\xbb\xbf" + text)
+        ds = load_fer2013(path, cache=False)
+        assert np.array_equal(ds.images, plain.images) and np.array_equal(ds.labels, plain.labels)
+    bad = _corrupt(tiny_rows, 5, label=9)  # the validating parser reads past the BOM too
+    path = write_fer_csv(tmp_path / "bad.csv", bad)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with pytest.raises(FerensError, match=r"row 5 \(line 7\): label '9'"):
+        load_fer2013(path, cache=False)
+
+
+def test_a_ferplus_label_member_says_that_val_and_test_are_relabelled_too(
+        tmp_path, tiny_csv, tiny_rows, monkeypatch, capsys):
+    votes = _happy_votes(tmp_path / "fer2013new.csv", [r[2] for r in tiny_rows])
+    code, out, err = run_cli(["train-member", "--data", tiny_csv, "--labels", "ferplus",
+                              "--ferplus", votes, "--name", "fp", "--out-dir", tmp_path / "runs",
+                              "--epochs", "1", "--width", "0.25", "--threads", "1", "--quiet"],
+                             monkeypatch, capsys)
+    assert code == 0, err
+    assert "FER+ labels on every split: val and test are relabelled and filtered too" in out

@@ -280,3 +280,64 @@ def test_the_fitted_ensemble_is_applied_to_the_members_training_predictions(tmp_
     (members[1] / "predictions" / "train.npz").unlink()
     build_ensemble(members, method=method, out=tmp_path / "ens2", temperature=temperature)
     assert not (tmp_path / "ens2" / "predictions" / "train.npz").exists()
+
+
+def test_the_same_member_given_twice_is_refused(tmp_path, monkeypatch, capsys):
+    a, b, _ = complementary_members(tmp_path)
+    for runs in ([a, a, b], [a, b, a.parent / ".." / a.parent.name / a.name]):
+        with pytest.raises(FerensError, match=r"given twice"):
+            build_ensemble(runs, method="mean", out=tmp_path / "ens")
+    assert run_cli(monkeypatch, "ensemble", str(a), str(a), "--out", str(tmp_path / "e")) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert not (tmp_path / "ens").exists() and not (tmp_path / "e").exists()
+
+
+def test_ferplus_label_members_stay_out_of_fer2013_label_ensembles(tmp_path):
+    a, b, c = complementary_members(tmp_path)
+    for run in (b, c):  # trained with --labels ferplus: val and test relabelled by FER+
+        write_json(run / "config.json", {"name": run.name, "kind": "member",
+                                         "labels": "ferplus"})
+    with pytest.raises(FerensError, match=r"a \(fer2013\), b \(ferplus\)"):
+        build_ensemble([a, b], method="mean", out=tmp_path / "ens")
+    ferplus = build_ensemble([b, c], method="mean", out=tmp_path / "fp")
+    assert ferplus.config["labels"] == "ferplus"
+    with pytest.raises(FerensError, match=r"\(ferplus\)"):  # nor through an ensemble of them
+        build_ensemble([a, tmp_path / "fp"], method="mean", out=tmp_path / "mixed")
+    from ferens.adjust import adjust_run
+
+    adjusted = adjust_run(tmp_path / "fp", tmp_path / "fp-adjusted", tau=0.5)
+    assert adjusted.config["labels"] == "ferplus"
+    with pytest.raises(FerensError, match=r"\(ferplus\)"):
+        build_ensemble([a, tmp_path / "fp-adjusted"], method="mean", out=tmp_path / "mixed")
+
+
+def _noise_members(root: Path, count: int = 4) -> list[Path]:
+    """Members whose log-probabilities carry no information about the labels."""
+    rng = np.random.default_rng(3)
+    return [write_member(root, f"n{i}", rng.normal(0, 2, (len(VAL_LABELS), 7)),
+                         rng.normal(0, 2, (len(TEST_LABELS), 7))) for i in range(count)]
+
+
+def test_stack_val_predictions_are_out_of_fold(tmp_path):
+    # A stacker fitted on all of val memorises noise; its saved val predictions must come
+    # from stackers that never saw the row, so on noise members they stay near chance.
+    run = build_ensemble(_noise_members(tmp_path), method="stack", out=tmp_path / "ens")
+    details = run.summary["details"]
+    assert details["val_predictions"] == "out-of-fold" and details["cv_folds"] == 5
+    assert run.summary["val"]["accuracy"] < 0.25
+    members = [load_run(tmp_path / f"n{i}") for i in range(4)]
+    in_sample = ensemble.apply_stacker(details["stacker"], [m.val.log_probs for m in members])
+    assert ensemble.accuracy(in_sample, VAL_LABELS) > run.summary["val"]["accuracy"] + 0.15
+
+
+def test_stack_chooses_c_by_cross_validated_nll(tmp_path):
+    noise = build_ensemble(_noise_members(tmp_path / "noise"), method="stack",
+                           out=tmp_path / "noise-ens").summary["details"]
+    useful = build_ensemble(complementary_members(tmp_path / "useful"), method="stack",
+                            out=tmp_path / "useful-ens").summary["details"]
+    for details in (noise, useful):
+        assert set(details["cv_nll"]) == {str(c) for c in ensemble.STACK_C_GRID}
+        assert details["C"] == float(min(details["cv_nll"], key=details["cv_nll"].get))
+        assert details["stacker"]["C"] == details["C"]  # the stacker applied to test
+    assert noise["C"] <= 0.01  # noise: strong regularisation wins
+    assert useful["C"] >= 1.0  # informative members: a weakly regularised stacker wins

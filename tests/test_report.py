@@ -406,6 +406,26 @@ def test_report_with_data_and_ferplus_adds_thumbnails_duplicates_and_taxonomy(
     assert "Skipped" not in page
 
 
+def test_ferplus_votes_are_joined_only_to_rows_of_the_same_split(tmp_path):
+    # test predictions whose row ids are FER+ Training rows (an image folder's file positions)
+    votes = tmp_path / "fer2013new.csv"
+    columns = FERPLUS_HEADER.split(",")[2:]
+    usage = ["Training"] * 30 + ["PrivateTest"] * 30
+    votes.write_text(FERPLUS_HEADER + "\n" + "".join(
+        f"{u},fer{i:07d}.png," + ",".join("10" if c == "happiness" else "0" for c in columns)
+        + "\n" for i, u in enumerate(usage)))
+    wrong = make_run(tmp_path, "wrong", synthetic_predictions(30, 0.5, seed=16))
+    with pytest.raises(FerensError, match=r"row 0 is 'Training' in FER\+ but the test split"):
+        write_report([wrong], out=tmp_path / "out", ferplus=votes)
+    assert not (tmp_path / "out").exists()
+    frame = pd.read_csv(votes)
+    with pytest.raises(FerensError, match="is 'Training' in FER"):
+        compute_metrics([load_run(wrong)], ferplus=frame, n_boot=20)
+    right = make_run(tmp_path, "right", synthetic_predictions(30, 0.5, seed=16, first_row=30))
+    metrics = write_report([right], out=tmp_path / "out", ferplus=votes)
+    assert metrics["runs"][0]["ferplus"]["rescored"]["n"] == 30
+
+
 def test_data_that_does_not_line_up_is_skipped_with_a_reason(tmp_path, monkeypatch):
     ds = planted_dataset()
     ds.labels = (ds.labels + 1) % K

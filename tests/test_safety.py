@@ -139,3 +139,142 @@ def test_a_fifo_or_device_is_skipped_without_reading_it(bundle, tmp_path, monkey
                               tmp_path / "out"], monkeypatch, capsys)
     assert code == 0, err
     assert "pipe.png: unreadable (not a regular file)" in out
+
+
+# --- one line and exit code 2, never a traceback (issue 15, item 6) ---------------------------
+
+def _one_line_error(code: int, err: str) -> None:
+    assert code == 2, err
+    assert err.startswith("ferens: error:") and err.count("\n") == 1, err
+
+
+@pytest.fixture(scope="module")
+def face_png(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("face") / "face.png"
+    cv2.imwrite(str(path), np.full((48, 48), 100, np.uint8))
+    return path
+
+
+def _predict(bundle: Path, face: Path, out: Path, *extra) -> list:
+    return ["predict", face, "--model", bundle, "--no-detect", "--out", out, *extra]
+
+
+def _edit_manifest(bundle: Path, edit) -> None:
+    manifest = _manifest(bundle)
+    edit(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _set_combiner(node):
+    return lambda m: m.__setitem__("combiner", node)
+
+
+LEAF = {"member": 0}
+BAD_STACKER = {"classes": [0], "mean": [0.0], "scale": [1.0], "coef": [[1.0]],
+               "intercept": [0.0]}
+DAMAGED_COMBINERS = {
+    "member out of range": _set_combiner({"member": 1}),
+    "negative member": _set_combiner({"member": -1}),
+    "member not a number": _set_combiner({"member": True}),
+    "no method": _set_combiner({"inputs": [LEAF, LEAF]}),
+    "unknown method": _set_combiner({"method": "vote", "inputs": [LEAF, LEAF]}),
+    "no inputs": _set_combiner({"method": "logit-mean"}),
+    "no weights": _set_combiner({"method": "weighted", "inputs": [LEAF, LEAF]}),
+    "weights of another length": _set_combiner({"method": "weighted", "inputs": [LEAF, LEAF],
+                                                "weights": [1.0, 1.0, 1.0]}),
+    "stacker of another shape": _set_combiner({"method": "stack", "inputs": [LEAF, LEAF],
+                                               "stacker": BAD_STACKER}),
+    "temperatures of another length": _set_combiner({"method": "logit-mean",
+                                                     "inputs": [LEAF, LEAF],
+                                                     "temperatures": [1.0]}),
+    "adjust without a prior": _set_combiner({"adjust": {"tau": 1.0}, "inputs": [LEAF]}),
+    "combiner not a table": _set_combiner("mean"),
+    "member entry not a table": lambda m: m.__setitem__("members", ["model.safetensors"]),
+    "files not a table": lambda m: m["members"][0].__setitem__("files", ["config.json"]),
+    "class names not a list": lambda m: m.__setitem__("class_names", 7),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_COMBINERS))
+def test_a_bundle_with_a_damaged_combiner_is_one_line(bundle, face_png, tmp_path, damage,
+                                                      monkeypatch, capsys):
+    _edit_manifest(bundle, DAMAGED_COMBINERS[damage])
+    code, _, err = run_cli(_predict(bundle, face_png, tmp_path / "out"), monkeypatch, capsys)
+    _one_line_error(code, err)
+    assert "manifest.json" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_combiner_reusing_one_member_still_loads(bundle, face_png, tmp_path, monkeypatch,
+                                                   capsys):
+    _edit_manifest(bundle, _set_combiner({"method": "weighted", "inputs": [LEAF, LEAF],
+                                          "weights": [0.5, 0.5]}))
+    code, _, err = run_cli(_predict(bundle, face_png, tmp_path / "out"), monkeypatch, capsys)
+    assert code == 0, err
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(member, tmp_path_factory):
+    return export_bundle(member, tmp_path_factory.mktemp("onnx") / "b.ferens", onnx=True)
+
+
+@pytest.mark.parametrize("content", [b"garbage" * 10, b""], ids=["garbage", "empty"])
+def test_a_bundle_with_a_damaged_onnx_file_is_one_line(onnx_bundle, face_png, tmp_path,
+                                                       content, monkeypatch, capsys):
+    from ferens.data import file_sha256
+
+    damaged = tmp_path / "b.ferens"
+    shutil.copytree(onnx_bundle, damaged)
+    onnx = damaged / "members" / "0" / "model.onnx"
+    onnx.write_bytes(content)  # with its checksum updated: damaged when it was written
+    _edit_manifest(damaged, lambda m: m["members"][0]["files"].__setitem__(
+        "model.onnx", file_sha256(onnx)))
+    code, _, err = run_cli(_predict(damaged, face_png, tmp_path / "out", "--backend", "onnx"),
+                           monkeypatch, capsys)
+    _one_line_error(code, err)
+    assert "model.onnx" in err
+
+
+def test_a_batch_size_of_zero_is_one_line(bundle, face_png, tmp_path, monkeypatch, capsys):
+    for flag in ("--batch-size", "--detect-every"):
+        code, _, err = run_cli(_predict(bundle, face_png, tmp_path / "out", flag, "0"),
+                               monkeypatch, capsys)
+        _one_line_error(code, err)
+        assert flag in err
+
+
+@pytest.mark.parametrize("command", ["ensemble", "adjust", "report", "export", "predict",
+                                     "evaluate", "train-member"])
+@pytest.mark.parametrize("where", ["is a file", "is under a file"])
+def test_an_out_that_is_a_file_is_one_line(member, bundle, face_png, tmp_path, command, where,
+                                          monkeypatch, capsys):
+    from test_ensemble import complementary_members
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("the user's file")
+    out = blocker if where == "is a file" else blocker / "out"
+    runs = complementary_members(tmp_path / "m")
+    data = Path(json.loads((member / "config.json").read_text())["data"])
+    args = {"ensemble": ["ensemble", *runs, "--out", out],
+            "adjust": ["adjust", runs[0], "--out", out],
+            "report": ["report", runs[0], "--out", out],
+            "export": ["export", member, "--out", out],
+            "predict": _predict(bundle, face_png, out),
+            "evaluate": ["evaluate", "--model", bundle, "--data", data, "--out",
+                         tmp_path if where == "is a file" else out],
+            "train-member": ["train-member", "--data", data, "--out-dir", out, "--epochs", "1",
+                             "--width", "0.25", "--quiet"]}[command]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    _one_line_error(code, err)
+    assert blocker.read_text() == "the user's file"
+
+
+def test_exporting_a_member_with_truncated_weights_fails_at_export(member, tmp_path):
+    broken = tmp_path / "runs" / "m"
+    shutil.copytree(member, broken)
+    weights = broken / "best.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    for half in (False, True):
+        with pytest.raises(FerensError, match="best.safetensors: cannot load weights"):
+            export_bundle(broken, tmp_path / "b.ferens", half=half)
+    assert not (tmp_path / "b.ferens").exists()

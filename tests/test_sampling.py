@@ -32,3 +32,25 @@ def test_full_oversampling_keeps_every_original_example_when_epoch_grows():
     order = epoch_order(LABELS, epoch_seed=1, oversample=True, keep_epoch_size=False)
     assert len(order) == 7 * 720
     assert set(order.tolist()) == set(range(len(LABELS)))
+
+
+def test_oversampling_is_redrawn_every_epoch():
+    # which copies of the rare classes (and which common examples) an epoch holds changes
+    for keep_epoch_size in (True, False):
+        first, second = (np.sort(epoch_order(LABELS, epoch_seed=s, oversample=True,
+                                             keep_epoch_size=keep_epoch_size)) for s in (5, 6))
+        assert not np.array_equal(first, second)
+
+
+def test_the_training_loader_draws_a_new_oversampled_epoch_each_epoch():
+    from ferens.config import TrainConfig
+    from ferens.loader import EpochBatches
+
+    batches = EpochBatches(LABELS, TrainConfig(imbalance="oversample", batch_size=256))
+    drawn = []
+    for epoch in (1, 2, 3):
+        batches.epoch = epoch
+        drawn.append(np.sort(np.concatenate([idx for _, idx in batches])))
+    assert not np.array_equal(drawn[0], drawn[1]) and not np.array_equal(drawn[1], drawn[2])
+    share = np.bincount(LABELS[drawn[1]], minlength=7) / len(drawn[1])
+    assert share[1] > 0.10  # still oversampled, not just reshuffled

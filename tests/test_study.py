@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +109,128 @@ def test_a_gpu_machine_gets_one_lane_per_gpu_with_the_cores_as_loader_workers(tm
     assert all(s.gpu is None and s.workers is None for s in cpu)
     assert [s.threads for s in plan_slots(study, study.members, lanes=1, threads=1,
                                           gpus=0)] == [1]
+
+
+@pytest.mark.parametrize("change, message", [
+    (('results_dir = ', 'result_dir = '), r"unknown \[study\] key\(s\) \['result_dir'\]"),
+    (('[defaults]', '[default]'), r"unknown table\(s\) \['default'\]"),
+    (('lanes = 0', 'lanes = "two"'), r"\[study\] lanes='two': expected"),
+    (('ensemble_methods = ["mean", "stack"]', 'ensemble_methods = "mean"'),
+     r"ensemble_methods='mean': expected"),
+    (('lanes = 0', 'adjust_max_accuracy_loss = "x"'), "adjust_max_accuracy_loss='x'"),
+    (('results_dir = "', 'results_dir = 3\n# "'), r"results_dir=3: expected"),
+    (('[[members]]', '[members]'), r"\[\[members\]\]"),
+], ids=["result_dir", "default", "lanes", "methods", "max_loss", "results_dir", "members"])
+def test_a_study_file_with_unknown_or_mistyped_settings_is_refused(tmp_path, tiny_csv, change,
+                                                                   message):
+    text = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n').read_text()
+    text = text.replace("[study]\n", "[study]\nlanes = 0\n", 1).replace(*change, 1)
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(FerensError, match=message):
+        load_study(tmp_path / "bad.toml")
+
+
+def test_every_setting_read_today_and_the_ray_table_are_accepted(tmp_path, tiny_csv):
+    text = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n').read_text()
+    text = text.replace("[study]\n", '[study]\nlanes = 2\nferplus = "v.csv"\ndata = "d.csv"\n'
+                        'extra_runs = ["x"]\nadjust_select = "accuracy-budget"\n'
+                        'adjust_max_accuracy_loss = 0.02\n', 1)
+    (tmp_path / "ok.toml").write_text(text + '\n[ray]\nmax_retries = 1\n')
+    study = load_study(tmp_path / "ok.toml")
+    assert study.lanes == 2 and study.extra_runs == ["x"] and study.ferplus == "v.csv"
+    assert study.adjust_max_accuracy_loss == 0.02
+
+
+# --- interrupted studies (issue 15, item 4) ---------------------------------------------------
+
+DRIVER = """
+import sys
+from pathlib import Path
+
+import ferens.study as study
+
+pids = Path(sys.argv[2])
+
+
+def sleeping_member(spec, slot):  # stands in for train-member: records its pid, then waits
+    name = Path(spec).name.split(".")[0]
+    return [sys.executable, "-c", "import os, time; "
+            f"open({str(pids)!r} + '/{name}', 'w').write(str(os.getpid())); time.sleep(300)"]
+
+
+study.member_command = sleeping_member
+study.train_members(study.load_study(sys.argv[1]), lanes=2, threads=1, poll=0.1)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has stopped; only its exit status is left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_killing_the_study_driver_stops_its_members(tmp_path, tiny_csv, signal_name):
+    path = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n[[members]]\nname = "b"\n')
+    (tmp_path / "driver.py").write_text(DRIVER)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(path),
+                               str(pids)], stderr=subprocess.PIPE)
+    members = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(members) < 2 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.1)
+            members = [int(p.read_text()) for p in pids.iterdir() if p.read_text()]
+        assert len(members) == 2, driver.stderr.read().decode() if driver.poll() else "slow"
+        driver.send_signal(getattr(signal, signal_name))
+        driver.wait(timeout=60)
+        deadline = time.monotonic() + 20
+        while any(map(_alive, members)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, members)), "members outlived the study as orphans"
+        if signal_name == "SIGTERM":  # the driver stopped them itself, then said so
+            assert "the members were stopped" in driver.stderr.read().decode()
+    finally:
+        for pid in [*members, driver.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        driver.wait()
+
+
+def test_a_rerun_never_starts_a_second_writer_on_a_member_still_training(
+        tmp_path, tiny_csv, monkeypatch, capsys):
+    import ferens.study as study_module
+    from ferens.outputs import folder_lock
+
+    study = load_study(_study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n'))
+    started = []
+    monkeypatch.setattr(study_module, "member_command",
+                        lambda spec, slot: started.append(spec) or [sys.executable, "-c", ""])
+    with folder_lock(study.members[0].run_dir):  # an earlier study's member, still training
+        failed = study_module.train_members(study, poll=0.01)
+    assert failed == ["a"] and started == []
+    assert "another ferens process is training" in capsys.readouterr().err
+
+
+def test_a_study_keeps_ferplus_label_members_out_of_its_ensembles(tmp_path, tiny_csv, capsys):
+    from test_ensemble import complementary_members
+
+    from ferens.predictions import write_json
+    from ferens.study import combine_and_report
+
+    study = load_study(_study_file(tmp_path, tiny_csv, "".join(
+        f'[[members]]\nname = "{n}"\n' for n in "abc")))
+    study.ensemble_methods, study.adjust = ("mean",), []
+    for run in complementary_members(study.results_dir / "members"):
+        labels = "ferplus" if run.name == "c" else "fer2013"
+        write_json(run / "config.json", {"name": run.name, "kind": "member", "labels": labels})
+    outcome = combine_and_report(study)
+    mean = json.loads((study.results_dir / "ensembles" / "mean" / "config.json").read_text())
+    assert [m["name"] for m in mean["members"]] == ["a", "b"]
+    assert len(outcome["members"]) == 3  # the report still shows every member
+    assert "not ensembling c: trained with --labels ferplus" in capsys.readouterr().err

@@ -2,19 +2,21 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from safetensors.torch import load_file
 
 import ferens.train as train_module
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
-from ferens.inference import predict_logits
+from ferens.inference import load_member_model, predict_logits, to_tensor, tta_views
 from ferens.models import create_member_model
 from ferens.predictions import load_run
-from ferens.train import train_member
+from ferens.train import cosine_with_warmup, load_splits, train_member
 
 
 def _config(tiny_csv, tmp_path, **overrides) -> TrainConfig:
@@ -127,11 +129,83 @@ def test_flip_and_ten_crop_tta_average_view_probabilities():
         TrainConfig(tta="tencrop")
 
 
-def test_early_stopping_keeps_the_best_epoch_and_stays_stopped_on_resume(tiny_csv, tmp_path):
-    cfg = _config(tiny_csv, tmp_path, epochs=6, patience=1, lr=0.0)
+def _scripted_val_scores(monkeypatch, scores: dict[int, float]) -> dict[int, dict]:
+    """Replace validation by the given accuracy per epoch; returns the weights evaluated at
+    each epoch (filled in as training runs)."""
+    weights: dict[int, dict] = {}
+
+    def scripted(parts, split, cfg):
+        epoch = len(weights) + 1
+        weights[epoch] = {k: v.detach().clone() for k, v in parts.eval_model.state_dict().items()}
+        return {"val_loss": 1.0, "val_accuracy": scores[epoch], "val_macro_f1": scores[epoch]}
+
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    return weights
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stays_stopped_on_resume(tiny_csv, tmp_path,
+                                                                         monkeypatch):
+    # val peaks at epoch 2; patience 2 stops after epoch 4, before epoch 5's higher score
+    weights = _scripted_val_scores(monkeypatch, {1: 0.3, 2: 0.6, 3: 0.5, 4: 0.4, 5: 0.9})
+    cfg = _config(tiny_csv, tmp_path, epochs=6, patience=2)
     summary = train_member(cfg, show_progress=False)
-    assert summary["stopped_early"] and summary["epochs_run"] == 2
-    assert summary["best_epoch"] == 1
+    assert summary["stopped_early"] and summary["epochs_run"] == 4 and len(weights) == 4
+    assert summary["best_epoch"] == 2
+    best = load_file(str(cfg.run_dir / "best.safetensors"))
+    assert all(torch.equal(best[k], weights[2][k]) for k in best)
+    assert not all(torch.equal(best[k], weights[4][k]) for k in best)  # training moved on
+    # the saved predictions are the best epoch's
+    model = load_member_model(cfg, cfg.run_dir / "best.safetensors", torch.device("cpu"))
+    test = load_run(cfg.run_dir).test
+    images = load_splits(cfg)["test"].images
+    assert np.allclose(predict_logits(model, images, cfg, torch.device("cpu")), test.logits,
+                       atol=1e-5)
     (cfg.run_dir / "summary.json").unlink()
     again = train_member(cfg, resume=True, show_progress=False)
-    assert again["epochs_run"] == 2
+    assert again["epochs_run"] == 4 and again["best_epoch"] == 2 and len(weights) == 4
+
+
+def test_learning_rate_warms_up_linearly_then_decays_as_a_cosine_to_zero():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    schedule = cosine_with_warmup(optimizer, warmup_steps=4, total_steps=12)
+    rates = []
+    for _ in range(13):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert np.allclose(rates[:4], [0.5, 1.0, 1.5, 2.0])
+    assert np.allclose(rates[4:], [1.0 + math.cos(math.pi * k / 8) for k in range(9)])
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_training_steps_the_schedule_per_batch_with_warmup_in_epochs(tiny_csv, tmp_path,
+                                                                     monkeypatch):
+    _scripted_val_scores(monkeypatch, {1: 0.1, 2: 0.2, 3: 0.3})
+    cfg = _config(tiny_csv, tmp_path, epochs=3, warmup_epochs=1.0, lr=0.01)
+    train_member(cfg, show_progress=False)
+    # 42 training faces in batches of 16: 3 steps per epoch, 9 in all, 3 of them warm-up
+    rates = [float(r["lr"]) for r in _metric_rows(cfg.run_dir)]
+    assert np.allclose(rates, [0.01 / 3, 0.01, 0.005])
+
+
+def test_ten_crop_views_are_the_centre_and_four_corners_each_mirrored():
+    batch = np.arange(2 * 48 * 48, dtype=np.int32).reshape(2, 48, 48)  # every pixel unique
+    views = tta_views(batch, TrainConfig(tta="tencrop", crop_size=40), "tencrop")
+    crops = [batch[:, y:y + 40, x:x + 40] for y, x in [(4, 4), (0, 0), (0, 8), (8, 0), (8, 8)]]
+    expected = crops + [c[:, :, ::-1] for c in crops]
+    assert len(views) == 10
+    for view in expected:
+        assert sum(np.array_equal(view, v) for v in views) == 1
+
+
+def test_ten_crop_prediction_averages_the_ten_view_probabilities():
+    torch.manual_seed(0)
+    model = create_member_model("resnet18", width=0.25).eval()
+    images = np.random.default_rng(2).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    cfg = TrainConfig(tta="tencrop", crop_size=40)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        probs = [model(to_tensor(v, cpu, False)).softmax(1)
+                 for v in tta_views(images, cfg, "tencrop")]
+    expected = torch.stack(probs).mean(0).log().numpy()
+    assert np.allclose(predict_logits(model, images, cfg, cpu), expected, atol=1e-5)

@@ -25,11 +25,13 @@ CLEAR_SHARE = 0.5
 
 @dataclass
 class FerPlusReference:
-    """FER+ majority label (-1 when not one of the 7), its kind and top-vote share, by row id."""
+    """FER+ majority label (-1 when not one of the 7), its kind and top-vote share, by row id;
+    ``usage`` is FER+'s own Usage column, when the votes have one."""
 
     labels: np.ndarray
     kind: np.ndarray
     share: np.ndarray
+    usage: np.ndarray | None = None
 
     @classmethod
     def from_votes(cls, votes: pd.DataFrame) -> FerPlusReference:
@@ -41,13 +43,32 @@ class FerPlusReference:
         totals = counts.sum(axis=1)
         share = np.divide(counts.max(axis=1), totals, out=np.zeros(len(totals)),
                           where=totals > 0)
-        return cls(np.asarray(labels), np.asarray(kind).astype(str), share)
+        usage = (votes["Usage"].astype(str).str.strip().to_numpy()
+                 if "Usage" in votes.columns else None)
+        return cls(np.asarray(labels), np.asarray(kind).astype(str), share, usage)
 
     def take(self, row_ids: np.ndarray) -> FerPlusReference:
         if len(row_ids) and (row_ids.min() < 0 or row_ids.max() >= len(self.labels)):
             raise FerensError(f"FER+ votes cover rows 0..{len(self.labels) - 1} but the "
                               f"predictions have row id {int(row_ids.max())}")
-        return FerPlusReference(self.labels[row_ids], self.kind[row_ids], self.share[row_ids])
+        return FerPlusReference(self.labels[row_ids], self.kind[row_ids], self.share[row_ids],
+                                None if self.usage is None else self.usage[row_ids])
+
+    def check_split(self, row_ids: np.ndarray, split: str, where: str) -> None:
+        """Votes join by fer2013.csv row: refuse predictions of ``split`` whose rows are
+        another split in FER+ (row ids that are not CSV rows, e.g. an image folder's)."""
+        from ferens.data import SPLIT_TO_USAGE
+
+        if self.usage is None:
+            return
+        usage = self.take(row_ids).usage
+        wrong = np.flatnonzero(usage != SPLIT_TO_USAGE[split])
+        if len(wrong):
+            i = wrong[0]
+            raise FerensError(f"{where}: row {int(row_ids[i])} is {usage[i]!r} in FER+ but the "
+                              f"{split} split ({SPLIT_TO_USAGE[split]}) here ({len(wrong)} rows "
+                              "differ); FER+ joins by fer2013.csv row, so these predictions' "
+                              "row ids are not fer2013.csv rows (an image folder's?)")
 
 
 def confused_pairs(cm: np.ndarray, class_names: tuple[str, ...], top: int = 6) -> list[dict]:
