@@ -37,10 +37,13 @@ def load(folder: Path) -> dict:
 
 
 def recipe_change(config: dict, base: dict) -> str:
-    diffs = [f"{k}={config[k]}" for k in config
-             if k not in BOOKKEEPING and k in base and config[k] != base[k]]
-    diffs += [f"{k}={config[k]}" for k in config if k not in base and k not in BOOKKEEPING
-              and config[k] not in (0, 0.0, False, None, 1.0, 0.5, 2.0, "auto")]
+    """The recipe fields in which a member differs from the base (fields a config lacks take
+    their defaults, as `TrainConfig` loads them)."""
+    from ferens.config import TrainConfig
+
+    a, b = (TrainConfig.from_dict(c | {"engine": c.get("engine", 1)}).to_dict()
+            for c in (base, config))
+    diffs = [f"{k}={b[k]}" for k in b if k not in BOOKKEEPING and a[k] != b[k]]
     return ", ".join(diffs) or "- (base recipe)"
 
 
@@ -80,7 +83,7 @@ def members_table(runs: list[dict], base: dict, seeds: list[dict]) -> list[str]:
         low, high = wilson(round(acc * n), n)
         rec = s["test"]["per_class_recall"]
         gap = acc - mean
-        units = f" ({gap / sd:+.1f} sd)" if sd == sd and sd > 0 else ""
+        units = f" ({gap / sd:+.1f} sd)" if len(seeds) >= 3 and sd > 0 else ""
         lines.append(
             f"| {r['name']} | {c['seed']} | {recipe_change(c, base['config'])} | "
             f"{c.get('engine', 1)} | {s['train_minutes']:.0f} x {s['threads']} | "

@@ -152,7 +152,7 @@ def _descendants(root: int) -> list[int]:
 
 def _kill_member_worker_after_first_epoch(run_dir: Path, task: str, record: dict) -> None:
     """SIGKILL the Ray worker training ``task`` once its first epoch is checkpointed."""
-    latest, deadline = run_dir / "checkpoint" / "latest.json", time.time() + 300
+    latest, deadline = run_dir / "checkpoint" / "latest.json", time.time() + 1200
     while time.time() < deadline and not latest.is_file():
         time.sleep(0.01)
     for pid in _descendants(os.getpid()):
