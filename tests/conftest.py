@@ -69,3 +69,21 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def train_interrupted_then_resumed(cfg, epoch: int, monkeypatch) -> None:
+    """Train ``cfg`` until a Ctrl-C at the start of ``epoch``, then ``--resume`` it to the end."""
+    import ferens.train as train_module
+
+    real = train_module.train_one_epoch
+
+    def interrupted(parts, loader, config, current, *rest):
+        if current == epoch:
+            raise KeyboardInterrupt
+        return real(parts, loader, config, current, *rest)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_member(cfg, show_progress=False)
+    monkeypatch.setattr(train_module, "train_one_epoch", real)
+    train_module.train_member(cfg, resume=True, show_progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import fer_rows, write_fer_csv
+from conftest import fer_rows, train_interrupted_then_resumed, write_fer_csv
 
 from ferens.config import TrainConfig
 from ferens.predictions import load_run
@@ -31,25 +31,13 @@ def _config(data, tmp_path, **overrides) -> TrainConfig:
 
 
 def test_a_bf16_member_trains_and_resumes_on_cuda(small_csv, tmp_path, monkeypatch):
-    import ferens.train as train_module
     from ferens.train import train_member
 
     straight = _config(small_csv, tmp_path / "a")
     summary = train_member(straight, show_progress=False)
     assert summary["device"] == "cuda" and summary["precision"] == "bf16"
     broken = _config(small_csv, tmp_path / "b")
-    real = train_module.train_one_epoch
-
-    def interrupted(parts, loader, cfg, epoch, *rest):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real(parts, loader, cfg, epoch, *rest)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_member(broken, show_progress=False)
-    monkeypatch.setattr(train_module, "train_one_epoch", real)
-    train_member(broken, resume=True, show_progress=False)
+    train_interrupted_then_resumed(broken, 3, monkeypatch)
     a, b = load_run(straight.run_dir).test.probs, load_run(broken.run_dir).test.probs
     assert np.abs(a - b).max() < CPU_CUDA_PROBABILITY_TOLERANCE  # cuDNN is not bitwise exact
 

@@ -10,10 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import fer_rows, run_cli, write_fer_csv
+from conftest import fer_rows, run_cli, train_interrupted_then_resumed, write_fer_csv
 from safetensors.torch import load_file
 
-import ferens.train as train_module
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
 from ferens.inference import select_device
@@ -63,18 +62,7 @@ def test_resume_is_exact_with_the_recipe_features(small_csv, tmp_path, monkeypat
     straight = _config(small_csv, tmp_path / "a", epochs=3, **FEATURES[features])
     train_member(straight, show_progress=False)
     broken = _config(small_csv, tmp_path / "b", epochs=3, **FEATURES[features])
-    real_epoch = train_module.train_one_epoch
-
-    def interrupted(parts, loader, cfg, epoch, *rest):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_epoch(parts, loader, cfg, epoch, *rest)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_member(broken, show_progress=False)
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
-    train_member(broken, resume=True, show_progress=False)
+    train_interrupted_then_resumed(broken, 3, monkeypatch)
     assert np.array_equal(load_run(straight.run_dir).test.logits,
                           load_run(broken.run_dir).test.logits)
 
