@@ -22,6 +22,8 @@ LATER_MEMBER_DEFAULTS = {
     "mix_prob": 1.0, "alternate_flip": False, "ferplus_soft": 0.0, "teacher": None,
     "distill_weight": 0.5, "distill_temperature": 2.0,
 }
+# Ensembles and adjusted runs record their label set since issue 15; older ones used FER2013's.
+LATER_COMBINED_DEFAULTS = {"labels": "fer2013"}
 PATH_FIELDS = ("source", "teacher")
 
 
@@ -38,8 +40,8 @@ def recipe(config: dict, summary: dict | None = None) -> dict:
     """
     kind = run_kind(config, summary)
     values = {k: v for k, v in config.items() if k not in BOOKKEEPING}
-    if kind == "member":
-        values.update({k: v for k, v in LATER_MEMBER_DEFAULTS.items() if k not in values})
+    later = LATER_MEMBER_DEFAULTS if kind == "member" else LATER_COMBINED_DEFAULTS
+    values.update({k: v for k, v in later.items() if k not in values})
     if kind == "adjusted":
         values.pop("log_prior", None)
         if values.get("select") != "fixed":
