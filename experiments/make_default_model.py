@@ -12,13 +12,13 @@ The member is chosen on PublicTest (val) accuracy only.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from ferens.bundle import export_bundle, load_bundle
 from ferens.evaluate import evaluate_bundle
+from ferens.outputs import swap_into_place
 from ferens.predictions import read_json, write_json
 from ferens.shipped import SHIPPED_BUNDLE
 
@@ -74,11 +74,7 @@ def main() -> None:
         if size > MAX_BYTES:
             raise SystemExit(f"bundle is {size / 2**20:.1f} MiB, over the 8 MiB limit")
         load_bundle(staged)  # checksums still verify after the manifest edit
-        old = ns.out.with_name(ns.out.name + ".old")
-        if ns.out.exists():
-            ns.out.rename(old)
-        staged.rename(ns.out)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(staged, ns.out)
     print(f"{ns.out}: {size / 2**20:.2f} MiB, val {scores['val']['accuracy']:.4f}, "
           f"test {scores['test']['accuracy']:.4f} (fp32 run: val "
           f"{summary['val']['accuracy']:.4f}, test {summary['test']['accuracy']:.4f})")

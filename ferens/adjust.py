@@ -111,12 +111,11 @@ def _write_adjusted(folder: Path, name: str, run_dir: Path, source, adjusted: di
                     max_accuracy_loss: float, start: float) -> None:
     for split in SPLITS:
         save_predictions(folder / "predictions" / f"{split}.npz", adjusted[split])
-    out = folder
-    write_json(out / "config.json", {
+    write_json(folder / "config.json", {
         "kind": "adjusted", "name": name, "source": str(run_dir), "labels": label_set(source),
         "tau": chosen, "log_prior": log_prior.tolist(), "prior_from": "val labels",
         "select": select, "max_accuracy_loss": max_accuracy_loss})
-    write_json(out / "summary.json", {
+    write_json(folder / "summary.json", {
         "name": name, "kind": "adjusted", "source": source.name, "tau": chosen,
         "val": split_metrics(adjusted["val"]), "test": split_metrics(adjusted["test"]),
         "source_metrics": {s: split_metrics(p) for s, p in source.splits.items()},

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from ferens.data import file_sha256
 from ferens.ensemble import METHODS, apply_combination, ferens_version, fitted_parameters
 from ferens.errors import FerensError
 from ferens.inference import load_member_model, predict_logits, select_device
-from ferens.outputs import folder_lock, swap_into_place
+from ferens.outputs import output_folder
 from ferens.predictions import Predictions, load_predictions, read_json, write_json
 
 FORMAT = "ferens-bundle"
@@ -254,41 +253,19 @@ def is_own_bundle(folder: Path) -> bool:
     return True
 
 
-def _prepare_out(out: Path) -> Path:
-    """A fresh, uniquely named temporary folder beside `out`. Refuses an `out` that is a file
-    or a non-empty folder that is not a bundle written by export."""
-    if out.is_symlink() or out.is_file():
-        raise FerensError(f"{out}: exists and is not a bundle folder; refusing to replace it")
-    if out.is_dir() and any(out.iterdir()) and not is_own_bundle(out):
-        raise FerensError(f"{out}: is not a bundle written by `ferens export` (or holds other "
-                          "files); refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would make the bundle private to its writer
-    return tmp
-
-
-def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, half: bool = False,
-                  provenance: dict | None = None) -> Path:
+def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False,
+                  half: bool = False) -> Path:
     """Pack a member, ensemble or adjusted run folder into a self-contained bundle at `out`.
 
     ``half`` stores the weights as float16 (half the size; they are widened to float32 on
-    load); ``provenance`` (e.g. source commit, accuracy, the command that made it) is kept in
-    the manifest as given."""
+    load)."""
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
         raise FerensError(f"{run_dir}: run folder not found")
     plan = _Plan()
     combiner = _plan_node(run_dir, plan)
     verified = None if "member" in combiner else _verify(run_dir, combiner, plan.member_dirs)
-    with folder_lock(out):
-        return _export(run_dir, out, plan, combiner, verified, onnx, half, provenance)
-
-
-def _export(run_dir: Path, out: Path, plan: _Plan, combiner: dict, verified: float | None,
-            onnx: bool, half: bool, provenance: dict | None) -> Path:
-    tmp = _prepare_out(out)
-    try:
+    with output_folder(out, "bundle") as tmp:
         members = [_write_member(d, tmp / "members" / str(i), onnx, half)
                    for i, d in enumerate(plan.member_dirs)]
         config = read_json(run_dir / "config.json")
@@ -301,12 +278,8 @@ def _export(run_dir: Path, out: Path, plan: _Plan, combiner: dict, verified: flo
             "onnx": onnx, "members": members, "combiner": combiner,
             "verified_max_test_probability_difference": verified,
             "weights_dtype": "float16" if half else "float32",
-            "provenance": provenance or {},
         }
         write_json(tmp / MANIFEST, manifest)
-        swap_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

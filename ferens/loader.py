@@ -58,9 +58,6 @@ class AugmentedBatches(Dataset):
                                        cfg.augment_override, flip=not cfg.alternate_flip)
         self.identity = not self.pipeline.transforms
 
-    def __len__(self) -> int:  # items are whole batches chosen by the sampler
-        return 0
-
     def __getitem__(self, item: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, indices = item
         out = []
@@ -94,9 +91,6 @@ class EpochBatches:
             if len(idx) >= 2:  # a batch of one breaks batch norm
                 yield self.epoch, idx
 
-    def __len__(self) -> int:
-        return sum(1 for _ in range(0, len(self.labels), self.cfg.batch_size))
-
 
 def _quiet_worker(_: int) -> None:
     import cv2
@@ -125,9 +119,6 @@ class TrainLoader:
                 persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                 worker_init_fn=_quiet_worker if workers else None,
                 generator=torch.Generator())  # leaves the global torch stream (dropout) alone
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.batches.epoch = epoch

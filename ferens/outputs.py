@@ -28,6 +28,7 @@ from ferens.errors import FerensError
 RUN_FILES = {"config.json", "summary.json", "predictions"}
 PREDICTION_FILES = {"val.npz", "test.npz", "train.npz"}
 LEGACY_REPORT_SUFFIXES = {".png", ".html", ".md", ".json"}
+OUTPUT_NAMES = {"bundle": "a bundle written by `ferens export`"}
 PREDICT_FILES = {"predictions.csv", "predictions.json", "annotated", "timelines"}
 
 
@@ -45,7 +46,11 @@ def _no_links(folder: Path) -> bool:
 
 def is_own_output(folder: Path, kind: str) -> bool:
     """Whether ``folder`` holds nothing but an earlier output of ``kind``: ``ensemble`` or
-    ``adjusted`` (a run folder of that kind), ``report`` or ``predictions``."""
+    ``adjusted`` (a run folder of that kind), ``report``, ``predictions`` or ``bundle``."""
+    if kind == "bundle":
+        from ferens.bundle import is_own_bundle
+
+        return is_own_bundle(folder)
     names = {p.name for p in folder.iterdir()}
     if not _no_links(folder):
         return False
@@ -95,8 +100,9 @@ def check_replaceable(out: str | Path, kind: str) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise FerensError(f"{out}: exists and is not a folder; refusing to replace it")
     if out.is_dir() and any(out.iterdir()) and not is_own_output(out, kind):
-        raise FerensError(f"{out}: is not an earlier ferens {kind} output (it holds other "
-                          "files); refusing to replace it. Choose another --out")
+        what = OUTPUT_NAMES.get(kind, f"an earlier ferens {kind} output")
+        raise FerensError(f"{out}: is not {what} (it holds other files); refusing to replace "
+                          "it. Choose another --out")
 
 
 def staging_folder(out: Path, kind: str) -> Path:

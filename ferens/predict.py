@@ -380,8 +380,7 @@ def _predict_video(path: Path, predictor: _Predictor, finder: FaceDetector | Non
     for index, time_s, image in sample_video(path, every, fps):
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if finder is None:
-            boxes = [(0, 0, gray.shape[1], gray.shape[0])]
-            faces = [to_face(gray)]
+            boxes, faces = _faces_of(gray, None)
         else:
             if sampled % detect_every == 0:  # in between, the last boxes are reused
                 boxes = finder.detect(gray)
@@ -402,6 +401,32 @@ def video_summary(rows: pd.DataFrame, class_names: tuple[str, ...], sampled: dic
             "duration_s": float(rows["time_s"].max()) if len(rows) else 0.0,
             "share": share, "dominant": max(share, key=share.get),
             "mean_probability": {c: float(rows[c].mean()) for c in class_names}}
+
+
+def row_columns(class_names: tuple[str, ...]) -> list[str]:
+    """The columns of a prediction row (``predictions.csv``)."""
+    return ["file", "face", "frame", "time_s", "x", "y", "w", "h", *class_names, "top_class",
+            "top_prob"]
+
+
+def predict_image(bundle: Bundle, image: np.ndarray, detector: str = "auto",
+                  min_face: int = DEFAULT_MIN_FACE, backend: str = "torch") -> pd.DataFrame:
+    """One row per face found in a BGR (H,W,3) or gray (H,W) uint8 image in memory: the box,
+    each class's probability, the top class. No face: an empty frame."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise FerensError(f"image must be uint8 (H,W) or (H,W,3), got {image.dtype} "
+                          f"{image.shape}")
+    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    predictor = _Predictor(bundle, 256, backend, None)
+    try:
+        boxes, faces = _faces_of(gray, face_detector(detector, min_face=min_face))
+        predictor.add(_Pending(Path(), boxes, faces, None))
+        predictor.flush()
+    except SkipFile:  # no face: no rows
+        pass
+    frame = pd.DataFrame(predictor.rows, columns=row_columns(bundle.class_names))
+    return frame.drop(columns=["file", "frame", "time_s"])
 
 
 def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = True,
@@ -439,9 +464,7 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
             continue
         predictor.add(_Pending(path, boxes, faces, image if annotate_dir is not None else None))
     predictor.flush()
-    columns = ["file", "face", "frame", "time_s", "x", "y", "w", "h", *bundle.class_names,
-               "top_class", "top_prob"]
-    frame = pd.DataFrame(predictor.rows, columns=columns)
+    frame = pd.DataFrame(predictor.rows, columns=row_columns(bundle.class_names))
     frame["frame"] = frame["frame"].astype("Int64")
     summaries = {}
     for name, sampled in videos.items():

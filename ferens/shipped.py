@@ -54,27 +54,9 @@ class ExpressionModel:
                       min_face: int | None = None) -> pd.DataFrame:
         """One row per face found in a BGR (H,W,3) or gray (H,W) uint8 image: the box, each
         class's probability, the top class. No face: an empty frame."""
-        from ferens.predict import DEFAULT_MIN_FACE, crop_face, face_detector
+        from ferens.predict import DEFAULT_MIN_FACE, predict_image
 
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise FerensError(f"image must be uint8 (H,W) or (H,W,3), got {image.dtype} "
-                              f"{image.shape}")
-        import cv2
-
-        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        finder = face_detector(detector, min_face=min_face or DEFAULT_MIN_FACE)
-        boxes = finder.detect(gray)
-        names = list(self.class_names)
-        if not boxes:
-            return pd.DataFrame(columns=["face", "x", "y", "w", "h", *names, "top_class",
-                                         "top_prob"])
-        probs = self.predict_proba(np.stack([crop_face(gray, b, finder.margin) for b in boxes]))
-        rows = [{"face": i, "x": b[0], "y": b[1], "w": b[2], "h": b[3],
-                 **dict(zip(names, map(float, p), strict=True)),
-                 "top_class": names[int(p.argmax())], "top_prob": float(p.max())}
-                for i, (b, p) in enumerate(zip(boxes, probs, strict=True))]
-        return pd.DataFrame(rows)
+        return predict_image(self.bundle, image, detector, min_face or DEFAULT_MIN_FACE)
 
     def predict_files(self, inputs, **options) -> pd.DataFrame:
         """Images, videos and folders, as `ferens predict` does (see ferens.predict)."""

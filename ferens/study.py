@@ -166,11 +166,15 @@ def is_committed(cfg: TrainConfig, results_dir: Path) -> bool:
     return not config_differences(before, cfg, ignore=("out_dir", "data", "threads", "workers"))
 
 
+def member_outputs(run_dir: Path) -> list[str]:
+    """The small outputs of a finished member that results keep (never checkpoints)."""
+    return [*SMALL_OUTPUTS, *(n for n in OPTIONAL_OUTPUTS if (run_dir / n).is_file())]
+
+
 def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
-    """Copy a finished member's small outputs (never checkpoints) into results."""
+    """Copy a finished member's small outputs into results."""
     dest = results_dir / "members" / cfg.name
-    optional = [n for n in OPTIONAL_OUTPUTS if (cfg.run_dir / n).is_file()]
-    for name in (*SMALL_OUTPUTS, *optional):
+    for name in member_outputs(cfg.run_dir):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(cfg.run_dir / name, dest / name)
     return dest

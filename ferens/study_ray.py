@@ -34,7 +34,7 @@ from pathlib import Path
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
 from ferens.predictions import atomic_path, read_json
-from ferens.study import OPTIONAL_OUTPUTS, SMALL_OUTPUTS, Study, _say, pending_members
+from ferens.study import Study, _say, member_outputs, pending_members
 
 INSTALL_HINT = "--backend ray needs Ray, an optional extra: pip install 'ferens[ray]'"
 
@@ -99,8 +99,8 @@ def run_member(values: dict) -> dict:
     resumed = (read_json(latest).get("epoch", 0)
                if latest.is_file() and not (cfg.run_dir / "summary.json").is_file() else 0)
     train_member(cfg, resume=True, show_progress=False)
-    names = [*SMALL_OUTPUTS, *(n for n in OPTIONAL_OUTPUTS if (cfg.run_dir / n).is_file())]
-    return {"outputs": {name: (cfg.run_dir / name).read_bytes() for name in names},
+    return {"outputs": {name: (cfg.run_dir / name).read_bytes()
+                        for name in member_outputs(cfg.run_dir)},
             "node": socket.gethostname(), "resumed_after_epoch": resumed}
 
 
