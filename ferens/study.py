@@ -12,7 +12,8 @@ Stopping the study (Ctrl-C, SIGTERM, on Linux even SIGKILL) stops its members wi
 (``ferens.children``), and a member that another process is still training is reported and
 not started a second time. Each finished member's small outputs are copied to
 ``results_dir/members/<name>`` at once, so nothing finished is lost when a session ends.
-Then every ensemble method runs, the runs named in ``adjust`` get a ``ferens adjust``
+Then every ensemble method runs over all members (and over each ``[[ensembles]]`` group: a
+named subset such as one recipe's seeds), the runs named in ``adjust`` get a ``ferens adjust``
 logit adjustment (into ``results_dir/adjusted``), and one report covers them all.
 
 ``backend="ray"`` (``ferens study FILE --backend ray``) trains the members as Ray tasks
@@ -45,7 +46,8 @@ SMALL_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.
 OPTIONAL_OUTPUTS = ("predictions/train.npz",)
 ALL_METHODS = ("mean", "logit-mean", "weighted", "greedy", "stack")
 BACKENDS = ("local", "ray")
-TABLES = ("study", "defaults", "members", "ray")  # [ray]: read by ferens.study_ray
+TABLES = ("study", "defaults", "members", "ensembles", "ray")  # [ray]: read by ferens.study_ray
+GROUP_KEYS = {"name", "members", "methods"}  # an [[ensembles]] table
 STUDY_KEYS = {  # every [study] key and what its value must be
     "results_dir": (str, "a folder path"), "lanes": (int, "a whole number >= 0"),
     "ensemble_methods": (list, f"a list of ensemble methods from {list(ALL_METHODS)}"),
@@ -55,6 +57,17 @@ STUDY_KEYS = {  # every [study] key and what its value must be
     "adjust_select": (str, f"one of {list(SELECT)}"),
     "adjust_max_accuracy_loss": (float, "a number from 0 to 1"),
 }
+
+
+@dataclass(frozen=True)
+class EnsembleGroup:
+    """An ``[[ensembles]]`` table: ensembles over a named subset of the study's runs (e.g. the
+    seeds of one recipe, or the members that can teach), written to
+    ``results_dir/ensembles/<name>-<method>``."""
+
+    name: str
+    members: tuple[str, ...]
+    methods: tuple[str, ...]
 
 
 @dataclass
@@ -72,6 +85,7 @@ class Study:
     adjust: list[str] = field(default_factory=list)
     adjust_select: str = "accuracy-budget"
     adjust_max_accuracy_loss: float = 0.01
+    groups: list[EnsembleGroup] = field(default_factory=list)
 
 
 def load_study(path: str | Path) -> Study:
@@ -83,7 +97,7 @@ def load_study(path: str | Path) -> Study:
         spec = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise FerensError(f"{path}: cannot parse TOML ({exc})") from None
-    head, defaults, entries = _check_tables(spec, path)
+    head, defaults, entries, group_tables = _check_tables(spec, path)
     if not entries:
         raise FerensError(f"{path}: no [[members]] tables")
     members = [TrainConfig.from_dict(defaults | entry, source=f"{path} member {i}")
@@ -103,6 +117,10 @@ def load_study(path: str | Path) -> Study:
     select = head.get("adjust_select", "accuracy-budget")
     if select not in SELECT:
         raise FerensError(f"{path}: adjust_select={select!r} is not one of {list(SELECT)}")
+    runs = names + [Path(p).name for p in head.get("extra_runs", [])]
+    groups = [_ensemble_group(t, i, runs, methods, path) for i, t in enumerate(group_tables)]
+    if len({g.name for g in groups}) != len(groups):
+        raise FerensError(f"{path}: [[ensembles]] names repeat: {[g.name for g in groups]}")
     return Study(path=path, members=members,
                  results_dir=Path(head.get("results_dir", "results/study")),
                  lanes=int(head.get("lanes", 0)), ensemble_methods=methods,
@@ -110,18 +128,54 @@ def load_study(path: str | Path) -> Study:
                  extra_runs=list(head.get("extra_runs", [])),
                  adjust=adjust,
                  adjust_select=select,
-                 adjust_max_accuracy_loss=float(head.get("adjust_max_accuracy_loss", 0.01)))
+                 adjust_max_accuracy_loss=float(head.get("adjust_max_accuracy_loss", 0.01)),
+                 groups=groups)
 
 
-def _check_tables(spec: dict, path: Path) -> tuple[dict, dict, list]:
-    """([study], [defaults], [[members]]) after refusing unknown tables and keys and mistyped
-    [study] values (member and default keys are checked by TrainConfig)."""
+def _ensemble_group(table: object, i: int, runs: list[str], methods: tuple[str, ...],
+                    path: Path) -> EnsembleGroup:
+    """One checked ``[[ensembles]]`` table: a folder-safe name, two or more of the study's runs
+    (members or extra_runs folder names), methods from ALL_METHODS (default: the study's)."""
+    where = f"{path}: [[ensembles]] {i}"
+    if not isinstance(table, dict):
+        raise FerensError(f"{where}: must be a table")
+    unknown = sorted(set(table) - GROUP_KEYS)
+    if unknown:
+        raise FerensError(f"{where}: unknown key(s) {unknown}; expected {sorted(GROUP_KEYS)}")
+    name = table.get("name")
+    if not isinstance(name, str) or not name or not name.replace("-", "").replace(
+            "_", "").isalnum():
+        raise FerensError(f"{where}: name={name!r}: expected letters, digits, - and _")
+    members = table.get("members")
+    if (not isinstance(members, list) or len(members) < 2
+            or not all(isinstance(m, str) for m in members) or len(set(members)) != len(members)):
+        raise FerensError(f"{where} ({name}): members={members!r}: expected a list of two or "
+                          "more distinct run names")
+    unknown = sorted(set(members) - set(runs))
+    if unknown:
+        raise FerensError(f"{where} ({name}): {unknown} are neither members nor extra_runs of "
+                          "this study")
+    chosen = table.get("methods", list(methods))
+    if (not isinstance(chosen, list) or not chosen
+            or not all(isinstance(m, str) for m in chosen) or set(chosen) - set(ALL_METHODS)):
+        raise FerensError(f"{where} ({name}): methods={chosen!r}: expected a list from "
+                          f"{list(ALL_METHODS)}")
+    return EnsembleGroup(name=name, members=tuple(members), methods=tuple(chosen))
+
+
+def _check_tables(spec: dict, path: Path) -> tuple[dict, dict, list, list]:
+    """([study], [defaults], [[members]], [[ensembles]]) after refusing unknown tables and keys
+    and mistyped [study] values (member and default keys are checked by TrainConfig; the
+    [[ensembles]] tables by _ensemble_group)."""
     unknown = sorted(set(spec) - set(TABLES))
     if unknown:
         raise FerensError(f"{path}: unknown table(s) {unknown}; a study file has [study], "
-                          "[defaults], [[members]] and [ray]")
+                          "[defaults], [[members]], [[ensembles]] and [ray]")
     head, defaults, entries = (spec.get("study", {}), spec.get("defaults", {}),
                                spec.get("members", []))
+    groups = spec.get("ensembles", [])
+    if not isinstance(groups, list):
+        raise FerensError(f"{path}: ensembles must be [[ensembles]] tables, one per group")
     if not isinstance(head, dict) or not isinstance(defaults, dict):
         raise FerensError(f"{path}: [study] and [defaults] must be tables")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -142,7 +196,7 @@ def _check_tables(spec: dict, path: Path) -> tuple[dict, dict, list]:
         from ferens.study_ray import load_ray_settings
 
         load_ray_settings(path)
-    return head, defaults, entries
+    return head, defaults, entries, groups
 
 
 def lane_plan(pending: int, lanes: int = 0, cores: int | None = None) -> tuple[int, int]:
@@ -345,7 +399,8 @@ def _last_line(cfg: TrainConfig) -> str:
 
 
 def combine_and_report(study: Study) -> dict:
-    """Every ensemble method over the finished members, then the report over everything."""
+    """Every ensemble method over the finished members, then the ensembles of each
+    ``[[ensembles]]`` group whose runs have all finished, then the report over everything."""
     from ferens.adjust import adjust_run
     from ferens.ensemble import build_ensemble
     from ferens.report import write_report
@@ -365,6 +420,19 @@ def combine_and_report(study: Study) -> dict:
             build_ensemble(combinable, method=method, out=out)
             ensembles.append(out)
             _say(f"ensemble {method}: test accuracy "
+                 f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
+    by_name = {m.name: m for m in combinable}
+    for group in study.groups:
+        missing = [n for n in group.members if n not in by_name]
+        if missing:
+            _say(f"not building ensembles {group.name}: {missing} not finished (or not scored "
+                 "on FER2013 labels)")
+            continue
+        for method in group.methods:
+            out = study.results_dir / "ensembles" / f"{group.name}-{method}"
+            build_ensemble([by_name[n] for n in group.members], method=method, out=out)
+            ensembles.append(out)
+            _say(f"ensemble {out.name}: test accuracy "
                  f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
     adjusted = []
     for name in study.adjust:

@@ -234,3 +234,40 @@ def test_a_study_keeps_ferplus_label_members_out_of_its_ensembles(tmp_path, tiny
     assert [m["name"] for m in mean["members"]] == ["a", "b"]
     assert len(outcome["members"]) == 3  # the report still shows every member
     assert "not ensembling c: trained with --labels ferplus" in capsys.readouterr().err
+
+
+def test_ensemble_groups_combine_only_their_runs_once_all_have_finished(tmp_path, tiny_csv,
+                                                                        capsys):
+    from test_ensemble import complementary_members
+
+    from ferens.study import combine_and_report
+
+    groups = ('[[ensembles]]\nname = "ab"\nmembers = ["a", "b"]\nmethods = ["mean"]\n'
+              '[[ensembles]]\nname = "late"\nmembers = ["a", "d"]\n')
+    study = load_study(_study_file(tmp_path, tiny_csv, "".join(
+        f'[[members]]\nname = "{n}"\n' for n in "abcd") + groups))
+    assert [(g.name, g.members, g.methods) for g in study.groups] == [
+        ("ab", ("a", "b"), ("mean",)), ("late", ("a", "d"), ("mean", "stack"))]
+    study.adjust = []
+    complementary_members(study.results_dir / "members")  # a, b, c finished; d did not
+    outcome = combine_and_report(study)
+    ab = study.results_dir / "ensembles" / "ab-mean"
+    assert str(ab) in outcome["ensembles"]
+    assert [m["name"] for m in json.loads((ab / "config.json").read_text())["members"]] == [
+        "a", "b"]
+    assert not (study.results_dir / "ensembles" / "late-mean").exists()
+    assert "not building ensembles late: ['d'] not finished" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("table, message", [
+    ('name = "s"\nmembers = ["a"]\n', "two or more distinct run names"),
+    ('name = "s"\nmembers = ["a", "zz"]\n', r"\['zz'\] are neither members nor extra_runs"),
+    ('name = "s/x"\nmembers = ["a", "b"]\n', r"name='s/x': expected letters"),
+    ('name = "s"\nmembers = ["a", "b"]\nmethods = ["median"]\n', "methods=\\['median'\\]"),
+    ('name = "s"\nmembers = ["a", "b"]\nmember = 1\n', r"unknown key\(s\) \['member'\]"),
+], ids=["one-member", "unknown-run", "name", "method", "key"])
+def test_an_ensemble_group_with_a_bad_setting_is_refused(tmp_path, tiny_csv, table, message):
+    path = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n[[members]]\nname = "b"\n'
+                       f"[[ensembles]]\n{table}")
+    with pytest.raises(FerensError, match=message):
+        load_study(path)
