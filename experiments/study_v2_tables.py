@@ -23,6 +23,8 @@ from study_tables import plot_accuracy_vs_minutes
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "results" / "study_v2"
 BASE = ROOT / "results" / "study" / "members" / "strong-e45"
+SHORT = ROOT / "results" / "study" / "members" / "strong-e25"  # v1: the base recipe, 25 epochs
+TARGETS = {"member": 0.700, "ensemble": 0.725, "ensemble_macro_f1": 0.71, "distilled": 0.705}
 # Fields that say how a member was run, not what it learned from.
 BOOKKEEPING = {"name", "out_dir", "data", "threads", "workers", "device", "compile", "seed",
                "engine", "ferplus", "channels_last", "extra"}
@@ -135,6 +137,81 @@ def ensemble_table(study: Path) -> list[str]:
     return lines
 
 
+def schedule_table(runs: list[dict]) -> list[str]:
+    """Accuracy against schedule length: the members whose recipe differs from another's only in
+    ``epochs`` (and the crop), with the final epoch's training accuracy (under augmentation) next
+    to val: a model still below val on its own training images is underfit, not overfit."""
+    import pandas as pd
+
+    lines = ["| member | epochs | crop | train min x threads | last-epoch train acc (augmented) "
+             "| last-epoch val acc | best val acc | test acc | Disgust | Fear |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["config"].get("crop_size", 0), r["config"]["epochs"])):
+        c, s = r["config"], r["summary"]
+        last = pd.read_csv(r["folder"] / "metrics.csv").iloc[-1]
+        rec = s["test"]["per_class_recall"]
+        lines.append(
+            f"| {r['name']} | {c['epochs']} | {c.get('crop_size') or c['input_size']} | "
+            f"{s['train_minutes']:.0f} x {s['threads']} | {last['train_accuracy']:.4f} | "
+            f"{last['val_accuracy']:.4f} | {s['val']['accuracy']:.4f} | "
+            f"{s['test']['accuracy']:.4f} | {rec['Disgust']:.3f} | {rec['Fear']:.3f} |")
+    return lines
+
+
+def distillation_table(runs: list[dict], base: dict) -> list[str]:
+    """Each distilled member next to the same recipe without a teacher, and its teacher."""
+    lines = ["| student | teacher (val / test acc) | weight, T | same recipe without teacher | "
+             "val acc | test acc | test - without teacher | McNemar p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        c = r["config"]
+        if not c.get("teacher"):
+            continue
+        plain = {k: v for k, v in c.items() if k not in ("teacher", "distill_weight",
+                                                          "distill_temperature")}
+        twin = next((o for o in runs if not o["config"].get("teacher")
+                     and recipe_change(o["config"], base["config"])
+                     == recipe_change(plain, base["config"])), None)
+        teacher = json.loads((ROOT / c["teacher"] / "summary.json").read_text())
+        acc = r["summary"]["test"]["accuracy"]
+        twin_cells = (f"{twin['name']} | {r['summary']['val']['accuracy']:.4f} | {acc:.4f} | "
+                      f"{acc - twin['summary']['test']['accuracy']:+.4f} | "
+                      f"{mcnemar(twin, r):.3g}") if twin else (
+            f"- | {r['summary']['val']['accuracy']:.4f} | {acc:.4f} | - | -")
+        lines.append(f"| {r['name']} | {Path(c['teacher']).name} "
+                     f"({teacher['val']['accuracy']:.4f} / {teacher['test']['accuracy']:.4f}) | "
+                     f"{c.get('distill_weight', 0.5)}, {c.get('distill_temperature', 2.0)} | "
+                     f"{twin_cells} |")
+    return lines
+
+
+def targets_table(runs: list[dict], study: Path) -> list[str]:
+    """The headline numbers against the issue's targets, every choice made on PublicTest."""
+    def best(items: list[dict]) -> dict:
+        return max(items, key=lambda s: s["val"]["accuracy"])
+
+    members = [r["summary"] | {"name": r["name"]} for r in runs]
+    ensembles = [json.loads((p / "summary.json").read_text()) | {"name": p.name}
+                 for p in sorted((study / "ensembles").glob("*"))]
+    students = [r["summary"] | {"name": r["name"]} for r in runs if r["config"].get("teacher")]
+    rows = [("best single member (by val)", best(members), "accuracy", TARGETS["member"])]
+    if ensembles:
+        top = best(ensembles)
+        rows += [("best ensemble (by val)", top, "accuracy", TARGETS["ensemble"]),
+                 ("best ensemble (by val), macro-F1", top, "macro_f1",
+                  TARGETS["ensemble_macro_f1"])]
+    if students:
+        rows.append(("distilled member (by val)", best(students), "accuracy",
+                     TARGETS["distilled"]))
+    lines = ["| target | run | val acc | test value | target | test - target |",
+             "|---|---|---|---|---|---|"]
+    for label, s, metric, target in rows:
+        value = s["test"][metric]
+        lines.append(f"| {label} | {s['name']} | {s['val']['accuracy']:.4f} | {value:.4f} | "
+                     f"{target:.3f} | {value - target:+.4f} |")
+    return lines
+
+
 def main(study: Path = STUDY) -> None:
     base = load(BASE)
     runs = [base] + [load(p) for p in sorted((study / "members").glob("*"))
@@ -145,8 +222,15 @@ def main(study: Path = STUDY) -> None:
            "### Seed spread of the base recipe", "", *seeds_table(seeds), "",
            "### Test-time augmentation, accuracy per mode (engine-2 members)", "",
            *tta_table(runs)]
+    out += ["", "### Schedule length (same recipe, more epochs)", "",
+            *schedule_table([load(SHORT)] + [r for r in runs if r["name"] in (
+                "strong-e45", "e45-crop44") or r["config"]["epochs"] != 45])]
+    if any(r["config"].get("teacher") for r in runs):
+        out += ["", "### Distillation", "", *distillation_table(runs, base)]
     if (study / "ensembles").is_dir():
         out += ["", "### Ensembles (fitted on PublicTest only)", "", *ensemble_table(study)]
+    out += ["", "### Headline numbers against the targets (PrivateTest; chosen on PublicTest)",
+            "", *targets_table(runs, study)]
     print("\n".join(out))
     plot_accuracy_vs_minutes(study, [r["folder"] for r in runs])
 
