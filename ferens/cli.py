@@ -67,7 +67,10 @@ def train_member_cmd(
     batch_size: int | None = typer.Option(None, help="Batch size [64]."),
     lr: float | None = typer.Option(None, help="Peak learning rate."),
     optimizer: str | None = typer.Option(None, help="adamw | sgd."),
-    tta: str | None = typer.Option(None, help="none | flip | tencrop (for saved predictions)."),
+    tta: str | None = typer.Option(
+        None, help="none | flip | shift | tencrop (for saved predictions)."),
+    select_tta: str | None = typer.Option(
+        None, help="TTA picking the best epoch: auto (=--tta) | none | flip | shift | tencrop."),
     seed: int | None = typer.Option(None, help="Random seed [0]."),
     threads: int | None = typer.Option(None, help="CPU threads (0 = auto)."),
     max_train_samples: int | None = typer.Option(None, help="Stratified training subset size."),

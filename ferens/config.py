@@ -93,6 +93,10 @@ class TrainConfig:
     patience: int = 0
 
     tta: str = "flip"
+    # The TTA that picks the best epoch (val is predicted with it after every epoch): auto = the
+    # saved predictions' `tta` (engine 2). A cheaper one (flip for a tencrop member) saves the
+    # per-epoch cost of many views; the saved predictions still use `tta` at the chosen epoch.
+    select_tta: str = "auto"
     seed: int = 0
     threads: int = 0
     channels_last: bool = True
@@ -128,6 +132,7 @@ class TrainConfig:
             "optimizer": (self.optimizer, ("adamw", "sgd")),
             "early_stop_metric": (self.early_stop_metric, ("accuracy", "macro_f1")),
             "tta": (self.tta, TTA),
+            "select_tta": (self.select_tta, ("auto", *TTA)),
             "engine": (self.engine, ENGINES),
             "precision": (self.precision, ("auto", "fp32", "bf16", "fp16")),
         }
@@ -136,9 +141,11 @@ class TrainConfig:
                 raise FerensError(f"config {key}={value!r} is not one of {list(allowed)}")
         if self.labels == "ferplus" and not self.ferplus:
             raise FerensError("labels=ferplus needs --ferplus PATH (fer2013new.csv)")
-        if self.tta == "tencrop" and not 0 < self.crop_size < self.input_size:
-            raise FerensError("tta=tencrop needs a crop_size smaller than input_size "
-                              f"(got crop_size={self.crop_size}, input_size={self.input_size})")
+        for key in ("tta", "select_tta"):
+            if getattr(self, key) == "tencrop" and not 0 < self.crop_size < self.input_size:
+                raise FerensError(f"{key}=tencrop needs a crop_size smaller than input_size "
+                                  f"(got crop_size={self.crop_size}, "
+                                  f"input_size={self.input_size})")
         if not NAME_PATTERN.fullmatch(self.name):
             raise FerensError(f"config name={self.name!r}: use letters, digits and . _ + - "
                               "(a run name is one folder under out_dir)")
@@ -153,9 +160,11 @@ class TrainConfig:
         if self.ferplus_soft and self.labels == "ferplus":
             raise FerensError("ferplus_soft mixes FER+ votes into FER2013 labels; it cannot be "
                               "combined with labels=ferplus")
-        if self.engine == 1 and (self.workers or self.uses_new_recipe_features):
+        if self.engine == 1 and (self.workers or self.uses_new_recipe_features
+                                 or self.select_tta != "auto"):
             raise FerensError("engine=1 reproduces v1 runs only: it has no loader workers, EMA, "
-                              "mixing, alternating flip, FER+ soft targets or teacher")
+                              "mixing, alternating flip, FER+ soft targets, teacher or "
+                              "select_tta")
 
     @property
     def uses_new_recipe_features(self) -> bool:

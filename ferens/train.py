@@ -258,13 +258,16 @@ def train_one_epoch(parts: TrainingParts, loader: TrainLoader, cfg: TrainConfig,
 
 
 def selection_tta(cfg: TrainConfig) -> str:
-    """The TTA the best epoch is chosen with: the saved predictions' (engine 2); none in v1."""
-    return cfg.tta if cfg.engine >= 2 else "none"
+    """The TTA the best epoch is chosen with: ``select_tta``, by default the saved predictions'
+    (engine 2); none in v1."""
+    if cfg.engine < 2:
+        return "none"
+    return cfg.tta if cfg.select_tta == "auto" else cfg.select_tta
 
 
 def evaluate(parts: TrainingParts, split: FerDataset, cfg: TrainConfig) -> dict:
     """Validation loss, accuracy and macro-F1 of the evaluated weights, with the selection
-    TTA, so the chosen epoch is the one the saved val predictions score best."""
+    TTA: by default the saved predictions', so the chosen epoch is the one they score best."""
     logits = predict_logits(parts.eval_model, split.images, cfg, parts.device,
                             tta=selection_tta(cfg), precision=parts.precision)
     metrics = split_metrics(Predictions(logits, split.labels, split.row_ids))

@@ -97,6 +97,22 @@ def test_best_epoch_is_chosen_with_the_saved_predictions_tta(small_csv, tmp_path
     assert summary["selection_tta"] == ("none" if engine == 1 else tta)
 
 
+def test_a_cheaper_selection_tta_picks_the_epoch_and_the_saved_tta_still_predicts(small_csv,
+                                                                                  tmp_path):
+    cfg = _config(small_csv, tmp_path, epochs=3, crop_size=44, tta="tencrop", select_tta="flip")
+    summary = train_member(cfg, show_progress=False)
+    curve = _val_accuracy_by_epoch(cfg.run_dir)
+    assert summary["selection_tta"] == "flip"
+    assert summary["best_epoch"] == int(np.argmax(curve)) + 1
+    best = curve[summary["best_epoch"] - 1]
+    assert best == summary["tta_accuracy"]["val"]["flip"]  # the curve is the flip view's
+    assert summary["val"]["accuracy"] == summary["tta_accuracy"]["val"]["tencrop"]
+    with pytest.raises(FerensError, match="select_tta=tencrop needs a crop_size"):
+        _config(small_csv, tmp_path, select_tta="tencrop")
+    with pytest.raises(FerensError, match="select_tta"):
+        _config(small_csv, tmp_path, engine=1, select_tta="flip")
+
+
 def test_members_save_their_training_split_predictions_for_distillation(small_csv, tmp_path):
     teacher = _config(small_csv, tmp_path, name="teacher", epochs=1)
     train_member(teacher, show_progress=False)
