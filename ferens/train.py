@@ -55,7 +55,7 @@ from ferens.predictions import (
 from ferens.targets import ferplus_soft_targets, teacher_probabilities
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                  "val_macro_f1", "lr", "seconds", "images_per_second")
+                  "val_macro_f1", "lr", "seconds", "images_per_second", "val_seconds")
 # Fields that may change between an interrupted run and its resumption.
 RESUMABLE_FIELDS = ("threads", "data", "workers")
 PROGRESS_EVERY = 20  # steps between host reads of the running loss and accuracy
@@ -385,7 +385,9 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
         epoch = state.epoch + 1
         row = {"epoch": epoch, "lr": parts.optimizer.param_groups[0]["lr"]}
         row |= train_one_epoch(parts, loader, cfg, epoch, show_progress)
+        eval_start = time.perf_counter()
         row |= evaluate(parts, splits["val"], cfg)
+        row["val_seconds"] = time.perf_counter() - eval_start
         state.rows.append(row)
         state.epoch, state.train_seconds = epoch, state.train_seconds + row["seconds"]
         score = row["val_" + cfg.early_stop_metric]
@@ -449,6 +451,9 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
     rates = [r["images_per_second"] for r in state.rows]
     summary |= {
         "train_minutes": state.train_seconds / 60,
+        # predicting val after every epoch (with the selection TTA); rows before this was
+        # recorded count as 0
+        "val_minutes": sum(r.get("val_seconds", 0.0) for r in state.rows) / 60,
         "eval_seconds": time.perf_counter() - eval_start,
         "images_per_second": float(np.median(rates)) if rates else None,
         "threads": threads, "workers": cfg.workers, "device": device.type,

@@ -28,7 +28,7 @@ def _config(tiny_csv, tmp_path, **overrides) -> TrainConfig:
 def _metric_rows(run_dir):
     with open(run_dir / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")}
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second", "val_seconds")}
             for r in rows]
 
 
@@ -45,6 +45,9 @@ def test_train_member_writes_the_run_folder_contract(tiny_csv, tmp_path):
     assert set(summary["test"]["per_class_recall"]) == {"Angry", "Disgust", "Fear", "Happy",
                                                         "Sad", "Surprise", "Neutral"}
     assert summary["images_per_second"] > 0 and summary["train_minutes"] > 0
+    with open(run_dir / "metrics.csv") as fh:  # time spent predicting val, per epoch
+        assert all(float(r["val_seconds"]) > 0 for r in csv.DictReader(fh))
+    assert summary["val_minutes"] > 0
 
 
 @pytest.mark.parametrize("imbalance", ["none", "oversample"])
