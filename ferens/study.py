@@ -413,14 +413,8 @@ def combine_and_report(study: Study) -> dict:
         if m not in combinable:
             _say(f"not ensembling {m.name}: trained with --labels ferplus, so it is scored on "
                  "FER+ labels (val and test relabelled and filtered)")
-    ensembles = []
-    if len(combinable) >= 2:
-        for method in study.ensemble_methods:
-            out = study.results_dir / "ensembles" / method
-            build_ensemble(combinable, method=method, out=out)
-            ensembles.append(out)
-            _say(f"ensemble {method}: test accuracy "
-                 f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
+    # (folder prefix, runs, methods): every member first, then each complete group
+    jobs = [("", combinable, study.ensemble_methods)] if len(combinable) >= 2 else []
     by_name = {m.name: m for m in combinable}
     for group in study.groups:
         missing = [n for n in group.members if n not in by_name]
@@ -428,9 +422,12 @@ def combine_and_report(study: Study) -> dict:
             _say(f"not building ensembles {group.name}: {missing} not finished (or not scored "
                  "on FER2013 labels)")
             continue
-        for method in group.methods:
-            out = study.results_dir / "ensembles" / f"{group.name}-{method}"
-            build_ensemble([by_name[n] for n in group.members], method=method, out=out)
+        jobs.append((f"{group.name}-", [by_name[n] for n in group.members], group.methods))
+    ensembles = []
+    for prefix, runs, methods in jobs:
+        for method in methods:
+            out = study.results_dir / "ensembles" / f"{prefix}{method}"
+            build_ensemble(runs, method=method, out=out)
             ensembles.append(out)
             _say(f"ensemble {out.name}: test accuracy "
                  f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
