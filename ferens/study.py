@@ -36,6 +36,7 @@ from ferens.adjust import SELECT
 from ferens.children import die_with_parent, sigterm_interrupts
 from ferens.children import stop as stop_children
 from ferens.config import TrainConfig, config_differences
+from ferens.ensemble import METHODS as ALL_METHODS
 from ferens.errors import FerensError
 from ferens.outputs import check_creatable, folder_lock
 from ferens.predictions import read_json, write_json
@@ -44,7 +45,6 @@ SMALL_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.
                  "predictions/test.npz")
 # Engine-2 members also predict the Training split, so they can teach without their weights.
 OPTIONAL_OUTPUTS = ("predictions/train.npz",)
-ALL_METHODS = ("mean", "logit-mean", "weighted", "greedy", "stack")
 BACKENDS = ("local", "ray")
 TABLES = ("study", "defaults", "members", "ensembles", "ray")  # [ray]: read by ferens.study_ray
 GROUP_KEYS = {"name", "members", "methods"}  # an [[ensembles]] table
@@ -121,6 +121,11 @@ def load_study(path: str | Path) -> Study:
     groups = [_ensemble_group(t, i, runs, methods, path) for i, t in enumerate(group_tables)]
     if len({g.name for g in groups}) != len(groups):
         raise FerensError(f"{path}: [[ensembles]] names repeat: {[g.name for g in groups]}")
+    folders = list(methods) + [f"{g.name}-{m}" for g in groups for m in g.methods]
+    clash = sorted({f for f in folders if folders.count(f) > 1})
+    if clash:
+        raise FerensError(f"{path}: [[ensembles]] names give two ensembles the folder(s) {clash}; "
+                          "rename the group")
     return Study(path=path, members=members,
                  results_dir=Path(head.get("results_dir", "results/study")),
                  lanes=int(head.get("lanes", 0)), ensemble_methods=methods,

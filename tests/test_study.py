@@ -265,7 +265,9 @@ def test_ensemble_groups_combine_only_their_runs_once_all_have_finished(tmp_path
     ('name = "s/x"\nmembers = ["a", "b"]\n', r"name='s/x': expected letters"),
     ('name = "s"\nmembers = ["a", "b"]\nmethods = ["median"]\n', "methods=\\['median'\\]"),
     ('name = "s"\nmembers = ["a", "b"]\nmember = 1\n', r"unknown key\(s\) \['member'\]"),
-], ids=["one-member", "unknown-run", "name", "method", "key"])
+    ('name = "g-logit"\nmembers = ["a", "b"]\nmethods = ["mean"]\n[[ensembles]]\nname = "g"\n'
+     'members = ["a", "b"]\nmethods = ["logit-mean"]\n', r"the folder\(s\) \['g-logit-mean'\]"),
+], ids=["one-member", "unknown-run", "name", "method", "key", "folder-clash"])
 def test_an_ensemble_group_with_a_bad_setting_is_refused(tmp_path, tiny_csv, table, message):
     path = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n[[members]]\nname = "b"\n'
                        f"[[ensembles]]\n{table}")
