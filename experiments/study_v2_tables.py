@@ -25,9 +25,10 @@ STUDY = ROOT / "results" / "study_v2"
 BASE = ROOT / "results" / "study" / "members" / "strong-e45"
 SHORT = ROOT / "results" / "study" / "members" / "strong-e25"  # v1: the base recipe, 25 epochs
 TARGETS = {"member": 0.700, "ensemble": 0.725, "ensemble_macro_f1": 0.71, "distilled": 0.705}
-# Fields that say how a member was run, not what it learned from.
+# Fields that say how a member was run, not what it learned from (select_tta: the TTA that
+# picks the best epoch; the saved predictions use `tta` either way).
 BOOKKEEPING = {"name", "out_dir", "data", "threads", "workers", "device", "compile", "seed",
-               "engine", "ferplus", "channels_last", "extra"}
+               "engine", "ferplus", "channels_last", "extra", "select_tta"}
 
 
 def load(folder: Path) -> dict:
@@ -96,13 +97,29 @@ def members_table(runs: list[dict], base: dict, seeds: list[dict]) -> list[str]:
     return lines
 
 
-def seeds_table(seeds: list[dict]) -> list[str]:
-    lines = ["| split | seeds | mean | sd | min | max |", "|---|---|---|---|---|---|"]
-    for split in ("val", "test"):
-        accs = [r["summary"][split]["accuracy"] for r in seeds]
-        sd = f"{statistics.stdev(accs):.4f}" if len(accs) > 1 else "-"
-        lines.append(f"| {split} | {', '.join(r['name'] for r in seeds)} | "
-                     f"{statistics.mean(accs):.4f} | {sd} | {min(accs):.4f} | {max(accs):.4f} |")
+def recipes_with_seeds(runs: list[dict], base: dict) -> dict[str, list[dict]]:
+    """The recipes trained with two or more seeds, keyed by their change against the base."""
+    by_recipe: dict[str, list[dict]] = {}
+    for r in runs:
+        by_recipe.setdefault(recipe_change(r["config"], base["config"]), []).append(r)
+    return {k: v for k, v in by_recipe.items() if len(v) > 1}
+
+
+def seeds_table(recipes: dict[str, list[dict]]) -> list[str]:
+    """Mean, sd and range per recipe and split; the first recipe is the yardstick, and every
+    other recipe's mean is shown against it in the yardstick's sd."""
+    lines = ["| recipe | split | seeds | mean | sd | min | max | mean - base mean (in base sd) |",
+             "|---|---|---|---|---|---|---|---|"]
+    yardstick = {}
+    for recipe, seeds in recipes.items():
+        for split in ("val", "test"):
+            accs = [r["summary"][split]["accuracy"] for r in seeds]
+            mean, sd = statistics.mean(accs), statistics.stdev(accs)
+            base_mean, base_sd = yardstick.setdefault(split, (mean, sd))
+            gap = ("-" if (mean, sd) == (base_mean, base_sd)
+                   else f"{mean - base_mean:+.4f} ({(mean - base_mean) / base_sd:+.1f} sd)")
+            lines.append(f"| {recipe} | {split} | {', '.join(r['name'] for r in seeds)} | "
+                         f"{mean:.4f} | {sd:.4f} | {min(accs):.4f} | {max(accs):.4f} | {gap} |")
     return lines
 
 
@@ -169,9 +186,10 @@ def distillation_table(runs: list[dict], base: dict) -> list[str]:
             continue
         plain = {k: v for k, v in c.items() if k not in ("teacher", "distill_weight",
                                                           "distill_temperature")}
-        twin = next((o for o in runs if not o["config"].get("teacher")
-                     and recipe_change(o["config"], base["config"])
-                     == recipe_change(plain, base["config"])), None)
+        twins = [o for o in runs if not o["config"].get("teacher")
+                 and recipe_change(o["config"], base["config"])
+                 == recipe_change(plain, base["config"])]
+        twin = next((o for o in twins if o["config"]["seed"] == c["seed"]), None)
         teacher = json.loads((ROOT / c["teacher"] / "summary.json").read_text())
         acc = r["summary"]["test"]["accuracy"]
         twin_cells = (f"{twin['name']} | {r['summary']['val']['accuracy']:.4f} | {acc:.4f} | "
@@ -216,10 +234,12 @@ def main(study: Path = STUDY) -> None:
     base = load(BASE)
     runs = [base] + [load(p) for p in sorted((study / "members").glob("*"))
                      if (p / "summary.json").is_file()]
-    seeds = [r for r in runs if recipe_change(r["config"], base["config"]) == "- (base recipe)"]
+    recipes = recipes_with_seeds(runs, base)
+    seeds = recipes["- (base recipe)"]
     out = ["### Members: each recipe feature alone on the base recipe (strong-e45), and seeds",
            "", *members_table(runs, base, seeds), "",
-           "### Seed spread of the base recipe", "", *seeds_table(seeds), "",
+           "### Seed spread of each recipe trained with several seeds", "",
+           *seeds_table(recipes), "",
            "### Test-time augmentation, accuracy per mode (engine-2 members)", "",
            *tta_table(runs)]
     out += ["", "### Schedule length (same recipe, more epochs)", "",
