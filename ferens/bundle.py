@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from torch import nn
 
 from ferens.adjust import adjusted_log_probs
 from ferens.classes import CLASS_NAMES
-from ferens.config import TrainConfig
+from ferens.config import TTA, TrainConfig
 from ferens.data import file_sha256
 from ferens.ensemble import METHODS, apply_combination, ferens_version, fitted_parameters
 from ferens.errors import FerensError
@@ -353,18 +353,30 @@ class Bundle:
     manifest: dict
     members: list[BundleMember]
     device: torch.device
+    tta: str | None = None  # test-time views for every member; None = each member's own
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.manifest["class_names"])
 
+    def with_tta(self, tta: str | None) -> Bundle:
+        """The same bundle predicting with ``tta`` views (none | flip | shift | tencrop) instead
+        of each member's own; None restores them. Fewer views trade accuracy for speed."""
+        if tta is not None and tta not in TTA:
+            raise FerensError(f"tta={tta!r}: expected one of {list(TTA)}")
+        for m in self.members:
+            if tta == "tencrop" and not 0 < m.config.crop_size < m.config.input_size:
+                raise FerensError(f"tta=tencrop: member {m.name} was trained on whole "
+                                  f"{m.config.input_size} px faces, not crops; use flip or shift")
+        return replace(self, tta=tta)
+
     def member_logits(self, faces: np.ndarray, backend: str = "torch",
                       batch_size: int = 256) -> list[np.ndarray]:
-        """Each member's logits (with its own TTA) for uint8 faces (N,48,48)."""
+        """Each member's logits (with its own TTA, or ``self.tta``) for uint8 faces (N,48,48)."""
         if backend not in BACKENDS:
             raise FerensError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
         faces = _check_faces(faces)
-        return [predict_logits(m.runner(backend), faces, m.config, self.device,
+        return [predict_logits(m.runner(backend), faces, m.config, self.device, tta=self.tta,
                                batch_size=batch_size) for m in self.members]
 
     def predict_log_proba(self, faces: np.ndarray, backend: str = "torch",

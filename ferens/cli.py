@@ -246,6 +246,8 @@ def predict_cmd(
     detect_every: int = typer.Option(
         1, help="Videos: detect faces on every K-th sampled frame, reuse the boxes between."),
     backend: str = typer.Option("torch", help="torch | onnx (needs an --onnx export)."),
+    tta: str | None = typer.Option(
+        None, help="Views per face: none | flip | shift | tencrop [the model's own]."),
     batch_size: int = typer.Option(256, help="Faces per forward pass."),
     threads: int = typer.Option(0, help="CPU threads (0 = $OMP_NUM_THREADS or all cores)."),
 ) -> None:
@@ -259,7 +261,7 @@ def predict_cmd(
     if every is not None and fps is not None:
         raise FerensError("give --every or --fps, not both")
     configure_threads(threads)
-    loaded = load_model(model).bundle
+    loaded = load_model(model).bundle.with_tta(tta)
     check_replaceable(out, "predictions")
     with output_folder(out, "predictions") as tmp:
         frame = predict_images(loaded, inputs, detect=not no_detect,
@@ -282,6 +284,8 @@ def evaluate_cmd(
                                     help="fer2013.csv(.gz) or image folder [../shared/...]."),
     split: str = typer.Option("test", help="train | val | test (PrivateTest = test)."),
     backend: str = typer.Option("torch", help="torch | onnx."),
+    tta: str | None = typer.Option(
+        None, help="Views per face: none | flip | shift | tencrop [the model's own]."),
     out: Path | None = typer.Option(None, help="Also write the metrics to this JSON file."),
     threads: int = typer.Option(0, help="CPU threads (0 = $OMP_NUM_THREADS or all cores)."),
 ) -> None:
@@ -295,7 +299,7 @@ def evaluate_cmd(
     if out is not None:
         check_output_file(out)
     configure_threads(threads)
-    metrics = evaluate_bundle(load_model(model).bundle, data, split, backend)
+    metrics = evaluate_bundle(load_model(model).bundle.with_tta(tta), data, split, backend)
     print(f"{metrics['model']} on {metrics['data']} [{split}, {metrics['rows']} rows]: "
           f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     print("recall: " + ", ".join(f"{c} {r:.3f}" for c, r in metrics["per_class_recall"].items()))

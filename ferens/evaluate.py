@@ -23,4 +23,5 @@ def evaluate_bundle(bundle, data: str | None = None, split: str = "test",
     log_probs = bundle.predict_log_proba(part.images, backend)
     metrics = split_metrics(Predictions(log_probs.astype(np.float32), part.labels, part.row_ids))
     return {"model": bundle.manifest.get("name", str(bundle.path)), "bundle": str(bundle.path),
-            "data": str(path), "split": split, "rows": int(len(part)), **metrics}
+            "tta": bundle.tta or "members' own", "data": str(path), "split": split,
+            "rows": int(len(part)), **metrics}

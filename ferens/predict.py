@@ -482,6 +482,7 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
         "videos_with_faces": len(summaries), "faces": len(frame),
         "skipped": len(skipped), "skipped_by_reason": _count_reasons(skipped),
         "detector": finder.name if finder else "none", "backend": backend,
+        "tta": bundle.tta or "members' own",
         "seconds": round(time.perf_counter() - start, 3)}
     return frame
 

@@ -326,3 +326,33 @@ def test_export_refuses_to_overwrite_a_folder_that_is_not_a_bundle(ws, tmp_path)
 def test_asking_for_haar_on_an_opencv_without_cascades_says_what_to_do():
     with pytest.raises(FerensError, match="opencv-python-headless<5"):
         face_detector("haar")
+
+
+def test_tta_override_changes_the_views_of_every_member_and_none_restores_them(ws, tmp_path):
+    faces = ws.test_images
+    mirrored = faces[:, :, ::-1].copy()
+    own = load_bundle(export_bundle(ws.member_b, tmp_path / "b.ferens"))  # trained tta=none
+    assert own.tta is None
+    assert np.abs(own.predict_proba(faces) - own.predict_proba(mirrored)).max() > 1e-4
+    flip = own.with_tta("flip")  # a face and its mirror give the same two views
+    assert np.abs(flip.predict_proba(faces) - flip.predict_proba(mirrored)).max() < 1e-5
+    assert np.array_equal(flip.with_tta(None).predict_proba(faces), own.predict_proba(faces))
+    with pytest.raises(FerensError, match="tta='ten': expected one of"):
+        own.with_tta("ten")
+    with pytest.raises(FerensError, match="trained on whole 48 px faces, not crops"):
+        own.with_tta("tencrop")
+
+
+def test_cli_predict_with_tta_records_it_and_refuses_an_unknown_one(ws, tmp_path, monkeypatch,
+                                                                    capsys):
+    crops = tmp_path / "crops"
+    save_face_crops(ws.test_images[:3], crops)
+    code, _, err = run_cli(["predict", crops, "--no-detect", "--model", ws.bundle, "--tta",
+                            "none", "--out", tmp_path / "pred"], monkeypatch, capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "pred" / "predictions.json").read_text())["summary"]
+    assert summary["tta"] == "none"
+    code, _, err = run_cli(["predict", crops, "--no-detect", "--model", ws.bundle, "--tta",
+                            "sideways", "--out", tmp_path / "bad"], monkeypatch, capsys)
+    assert code == 2 and "tta='sideways': expected one of" in err
+    assert "Traceback" not in err and not (tmp_path / "bad").exists()

@@ -116,6 +116,12 @@ def test_evaluate_agrees_with_scikit_learn_on_the_same_predictions(bundle, tmp_p
                               "--out", tmp_path / "m.json"], monkeypatch, capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "m.json").read_text())["rows"] == 21 and "accuracy" in out
+    code, out, err = run_cli(["evaluate", "--model", bundle, "--data", csv, "--tta", "shift",
+                              "--out", tmp_path / "shift.json"], monkeypatch, capsys)
+    shifted = json.loads((tmp_path / "shift.json").read_text())
+    assert code == 0 and shifted["tta"] == "shift" and metrics["tta"] == "members' own"
+    expected = loaded.with_tta("shift").predict_proba(test.images).argmax(1)
+    assert shifted["accuracy"] == pytest.approx(accuracy_score(test.labels, expected))
 
 
 def test_load_model_predicts_faces_and_whole_images(bundle):
