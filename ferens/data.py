@@ -103,12 +103,9 @@ def _cache_dir() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB chunks (cache keys, bundle checksums)."""
-    digest = hashlib.sha256()
+    """Hex SHA-256 of a file (cache keys, bundle checksums)."""
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _read_bytes(path: Path) -> bytes:

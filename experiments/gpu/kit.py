@@ -178,11 +178,9 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """Hex SHA-256 of a file, read in chunks."""
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def array_hashes(images: np.ndarray, labels: np.ndarray, usage: np.ndarray) -> dict[str, str]:
