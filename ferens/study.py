@@ -35,7 +35,7 @@ from pathlib import Path
 from ferens.adjust import SELECT
 from ferens.children import die_with_parent, sigterm_interrupts
 from ferens.children import stop as stop_children
-from ferens.config import TrainConfig, config_differences
+from ferens.config import NAME_PATTERN, TrainConfig, config_differences
 from ferens.ensemble import METHODS as ALL_METHODS
 from ferens.errors import FerensError
 from ferens.outputs import check_creatable, folder_lock
@@ -148,9 +148,9 @@ def _ensemble_group(table: object, i: int, runs: list[str], methods: tuple[str, 
     if unknown:
         raise FerensError(f"{where}: unknown key(s) {unknown}; expected {sorted(GROUP_KEYS)}")
     name = table.get("name")
-    if not isinstance(name, str) or not name or not name.replace("-", "").replace(
-            "_", "").isalnum():
-        raise FerensError(f"{where}: name={name!r}: expected letters, digits, - and _")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise FerensError(f"{where}: name={name!r}: expected a run-style name (ASCII letters, "
+                          "digits, '.', '_', '+' and '-', starting with a letter or digit)")
     members = table.get("members")
     if (not isinstance(members, list) or len(members) < 2
             or not all(isinstance(m, str) for m in members) or len(set(members)) != len(members)):

@@ -262,12 +262,13 @@ def test_ensemble_groups_combine_only_their_runs_once_all_have_finished(tmp_path
 @pytest.mark.parametrize("table, message", [
     ('name = "s"\nmembers = ["a"]\n', "two or more distinct run names"),
     ('name = "s"\nmembers = ["a", "zz"]\n', r"\['zz'\] are neither members nor extra_runs"),
-    ('name = "s/x"\nmembers = ["a", "b"]\n', r"name='s/x': expected letters"),
+    ('name = "s/x"\nmembers = ["a", "b"]\n', r"name='s/x': expected a run-style name"),
+    ('name = "-s"\nmembers = ["a", "b"]\n', r"name='-s': expected a run-style name"),
     ('name = "s"\nmembers = ["a", "b"]\nmethods = ["median"]\n', "methods=\\['median'\\]"),
     ('name = "s"\nmembers = ["a", "b"]\nmember = 1\n', r"unknown key\(s\) \['member'\]"),
     ('name = "g-logit"\nmembers = ["a", "b"]\nmethods = ["mean"]\n[[ensembles]]\nname = "g"\n'
      'members = ["a", "b"]\nmethods = ["logit-mean"]\n', r"the folder\(s\) \['g-logit-mean'\]"),
-], ids=["one-member", "unknown-run", "name", "method", "key", "folder-clash"])
+], ids=["one-member", "unknown-run", "name", "leading-dash", "method", "key", "folder-clash"])
 def test_an_ensemble_group_with_a_bad_setting_is_refused(tmp_path, tiny_csv, table, message):
     path = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n[[members]]\nname = "b"\n'
                        f"[[ensembles]]\n{table}")
