@@ -395,25 +395,33 @@ def bench_default_model(repeats: int, rows: list) -> None:
     test = load_fer2013(DATA).split("test")
     bundle = load_bundle(default_model_path(), torch.device("cpu"))
     name = bundle.manifest["name"]
+    own = bundle.members[0].config.tta
+    # the model's own TTA, then --tta flip (two views) unless that is its own
+    ttas = list(dict.fromkeys([own, "flip"]))
+    views = {"none": 1, "flip": 2, "shift": 10, "tencrop": 10}
     with tempfile.TemporaryDirectory() as tmp:
         onnx = load_bundle(_with_onnx(default_model_path(), Path(tmp)), torch.device("cpu"))
-        for backend, b in (("torch", bundle), ("onnx", onnx)):
-            rates = [measure_throughput(b, test.images, 256, backend)["images_per_second"]
-                     for _ in range(repeats)]
-            rows.append((f"9. shipped model ({name}), {len(test):,} aligned test crops "
-                         f"(--no-detect), {backend}, 1 thread (img/s)", median_spread(rates),
-                         "fp16 weights widened to fp32; flip TTA = 2 views per face"))
+        for tta in ttas:
+            for backend, b in (("torch", bundle), ("onnx", onnx)):
+                b = b.with_tta(None if tta == own else tta)
+                rates = [measure_throughput(b, test.images, 256, backend)["images_per_second"]
+                         for _ in range(repeats)]
+                rows.append((f"9. shipped model ({name}), {len(test):,} aligned test crops "
+                             f"(--no-detect), --tta {tta}{' (its own)' if tta == own else ''}, "
+                             f"{backend}, 1 thread (img/s)", median_spread(rates),
+                             f"fp16 weights widened to fp32; {views[tta]} views per face"))
         photos = Path(tmp) / "photos"
         photos.mkdir()
         for i in range(20):
             cv2.imwrite(str(photos / f"p{i:02d}.png"), faces_canvas(test.images[4 * i:]))
-        for min_face in (48, 24):
+        for min_face, tta in [(48, own), (24, own)] + [(48, t) for t in ttas if t != own]:
             runs = []
             for _ in range(repeats):
-                frame = predict_images(bundle, [photos], min_face=min_face, batch_size=64)
+                frame = predict_images(bundle.with_tta(None if tta == own else tta), [photos],
+                                       min_face=min_face, batch_size=64)
                 runs.append((20 / frame.attrs["summary"]["seconds"], len(frame)))
             rows.append((f"9. 640x480 photos with 4 faces, detection + prediction, --min-face "
-                         f"{min_face}, 1 thread (photos/s)",
+                         f"{min_face}, --tta {tta}, 1 thread (photos/s)",
                          median_spread([r[0] for r in runs]),
                          f"{runs[0][1]} of 80 faces found; fer package: about 12 photos/s on "
                          "the same kind of canvas (earlier measurement, not re-run here)"))
