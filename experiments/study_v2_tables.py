@@ -161,7 +161,7 @@ def schedule_table(runs: list[dict]) -> list[str]:
     import pandas as pd
 
     lines = ["| member | epochs | crop | train min x threads | last-epoch train acc (augmented) "
-             "| last-epoch val acc | best val acc | test acc | Disgust | Fear |",
+             "| last-epoch val acc (curve TTA) | best val acc | test acc | Disgust | Fear |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["config"].get("crop_size", 0), r["config"]["epochs"])):
         c, s = r["config"], r["summary"]
@@ -170,9 +170,15 @@ def schedule_table(runs: list[dict]) -> list[str]:
         lines.append(
             f"| {r['name']} | {c['epochs']} | {c.get('crop_size') or c['input_size']} | "
             f"{s['train_minutes']:.0f} x {s['threads']} | {last['train_accuracy']:.4f} | "
-            f"{last['val_accuracy']:.4f} | {s['val']['accuracy']:.4f} | "
+            f"{last['val_accuracy']:.4f} ({curve_tta(c)}) | {s['val']['accuracy']:.4f} | "
             f"{s['test']['accuracy']:.4f} | {rec['Disgust']:.3f} | {rec['Fear']:.3f} |")
     return lines
+
+
+def curve_tta(config: dict) -> str:
+    """The TTA of a member's val curve (metrics.csv): select_tta when set, else its tta."""
+    chosen = config.get("select_tta", "auto")
+    return config.get("tta", "flip") if chosen in (None, "auto") else chosen
 
 
 def distillation_table(runs: list[dict], base: dict) -> list[str]:
