@@ -65,8 +65,11 @@ class ExpressionModel:
         return predict_images(self.bundle, inputs, **options)
 
 
-def load_model(path: str | Path | None = None, device=None) -> ExpressionModel:
-    """The shipped default model, or the bundle at ``path``; checksums are verified on load."""
+def load_model(path: str | Path | None = None, device=None,
+               tta: str | None = None) -> ExpressionModel:
+    """The shipped default model, or the bundle at ``path``; checksums are verified on load.
+    ``tta`` (none | flip | shift | tencrop) replaces each member's own test-time views."""
     from ferens.bundle import load_bundle
 
-    return ExpressionModel(load_bundle(Path(path) if path else default_model_path(), device))
+    bundle = load_bundle(Path(path) if path else default_model_path(), device)
+    return ExpressionModel(bundle.with_tta(tta))

@@ -124,7 +124,7 @@ def test_evaluate_agrees_with_scikit_learn_on_the_same_predictions(bundle, tmp_p
     assert shifted["accuracy"] == pytest.approx(accuracy_score(test.labels, expected))
 
 
-def test_load_model_predicts_faces_and_whole_images(bundle):
+def test_load_model_predicts_faces_and_whole_images(bundle, tmp_path):
     model = load_model(bundle)
     assert model.bundle.manifest["weights_dtype"] == "float16"
     rows = model.predict_image(astronaut_bgr())
@@ -134,3 +134,10 @@ def test_load_model_predicts_faces_and_whole_images(bundle):
     faces = np.zeros((3, 48, 48), np.uint8)
     assert model.predict_proba(faces).shape == (3, 7)
     assert model.predict_image(np.full((200, 200), 90, np.uint8)).empty
+    faces = load_fer2013(write_fer_csv(tmp_path / "f.csv", fer_rows(
+        {"Training": 1, "PublicTest": 1, "PrivateTest": 1}))).images
+    fewer = load_model(bundle, tta="none")  # one view instead of the member's flip
+    assert fewer.bundle.tta == "none"
+    assert np.allclose(fewer.predict_proba(faces),
+                       model.bundle.with_tta("none").predict_proba(faces))
+    assert not np.allclose(fewer.predict_proba(faces), model.predict_proba(faces))
