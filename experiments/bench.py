@@ -387,6 +387,7 @@ def bench_default_model(repeats: int, rows: list) -> None:
 
     from ferens.bundle import load_bundle
     from ferens.data import load_fer2013
+    from ferens.inference import tta_views
     from ferens.predict import measure_throughput, predict_images
     from ferens.shipped import default_model_path
 
@@ -395,15 +396,16 @@ def bench_default_model(repeats: int, rows: list) -> None:
     test = load_fer2013(DATA).split("test")
     bundle = load_bundle(default_model_path(), torch.device("cpu"))
     name = bundle.manifest["name"]
-    own = bundle.members[0].config.tta
+    cfg = bundle.members[0].config
+    own = cfg.tta
     # the model's own TTA, then --tta flip (two views) unless that is its own
     ttas = list(dict.fromkeys([own, "flip"]))
-    views = {"none": 1, "flip": 2, "shift": 10, "tencrop": 10}
+    views = {t: len(tta_views(test.images[:1], cfg, t)) for t in ttas}
     with tempfile.TemporaryDirectory() as tmp:
         onnx = load_bundle(_with_onnx(default_model_path(), Path(tmp)), torch.device("cpu"))
         for tta in ttas:
             for backend, b in (("torch", bundle), ("onnx", onnx)):
-                b = b.with_tta(None if tta == own else tta)
+                b = b.with_tta(tta)
                 rates = [measure_throughput(b, test.images, 256, backend)["images_per_second"]
                          for _ in range(repeats)]
                 rows.append((f"9. shipped model ({name}), {len(test):,} aligned test crops "
@@ -417,8 +419,8 @@ def bench_default_model(repeats: int, rows: list) -> None:
         for min_face, tta in [(48, own), (24, own)] + [(48, t) for t in ttas if t != own]:
             runs = []
             for _ in range(repeats):
-                frame = predict_images(bundle.with_tta(None if tta == own else tta), [photos],
-                                       min_face=min_face, batch_size=64)
+                frame = predict_images(bundle.with_tta(tta), [photos], min_face=min_face,
+                                       batch_size=64)
                 runs.append((20 / frame.attrs["summary"]["seconds"], len(frame)))
             rows.append((f"9. 640x480 photos with 4 faces, detection + prediction, --min-face "
                          f"{min_face}, --tta {tta}, 1 thread (photos/s)",

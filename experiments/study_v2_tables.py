@@ -111,12 +111,12 @@ def seeds_table(recipes: dict[str, list[dict]]) -> list[str]:
     lines = ["| recipe | split | seeds | mean | sd | min | max | mean - base mean (in base sd) |",
              "|---|---|---|---|---|---|---|---|"]
     yardstick = {}
-    for recipe, seeds in recipes.items():
+    for i, (recipe, seeds) in enumerate(recipes.items()):
         for split in ("val", "test"):
             accs = [r["summary"][split]["accuracy"] for r in seeds]
             mean, sd = statistics.mean(accs), statistics.stdev(accs)
             base_mean, base_sd = yardstick.setdefault(split, (mean, sd))
-            gap = ("-" if (mean, sd) == (base_mean, base_sd)
+            gap = ("-" if i == 0
                    else f"{mean - base_mean:+.4f} ({(mean - base_mean) / base_sd:+.1f} sd)")
             lines.append(f"| {recipe} | {split} | {', '.join(r['name'] for r in seeds)} | "
                          f"{mean:.4f} | {sd:.4f} | {min(accs):.4f} | {max(accs):.4f} | {gap} |")
