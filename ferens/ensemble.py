@@ -11,6 +11,7 @@ apply the ensemble to new member log-probabilities without refitting.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -494,6 +495,22 @@ def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
         if train is not None:
             save_predictions(tmp / "predictions" / "train.npz", train)
         write_json(tmp / "config.json", config)
-        summary["seconds"] = round(time.perf_counter() - start, 3)
+        summary["seconds"] = _previous_seconds(out, config, summary)
+        if summary["seconds"] is None:
+            summary["seconds"] = round(time.perf_counter() - start, 3)
         write_json(tmp / "summary.json", summary)
     return load_run(out)
+
+
+def _previous_seconds(out: Path, config: dict, summary: dict) -> float | None:
+    """The wall time saved in ``out`` when rebuilding it gives the same config and summary, so
+    that rebuilding an unchanged ensemble (``ferens study --no-train``) rewrites identical files."""
+    try:
+        old_config = json.loads((out / "config.json").read_text())
+        old_summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    seconds = old_summary.pop("seconds", None)
+    same = old_config == json.loads(json.dumps(config)) and old_summary == json.loads(
+        json.dumps(summary))
+    return seconds if same and isinstance(seconds, (int, float)) else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -341,3 +343,18 @@ def test_stack_chooses_c_by_cross_validated_nll(tmp_path):
         assert details["stacker"]["C"] == details["C"]  # the stacker applied to test
     assert noise["C"] <= 0.01  # noise: strong regularisation wins
     assert useful["C"] >= 1.0  # informative members: a weakly regularised stacker wins
+
+
+def test_rebuilding_an_unchanged_ensemble_rewrites_identical_files(tmp_path, monkeypatch):
+    clock = itertools.count()  # perf_counter gives 0, 1, 4, 9, ...: every span is new
+    monkeypatch.setattr(ensemble.time, "perf_counter", lambda: float(next(clock)) ** 2)
+    a, b, c = complementary_members(tmp_path)
+    out = tmp_path / "ens"
+    build_ensemble([a, b], method="weighted", out=out)
+    first = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    build_ensemble([a, b], method="weighted", out=out)
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+    # new members: new content and a new wall time
+    build_ensemble([a, b, c], method="weighted", out=out)
+    assert read_json(out / "summary.json")["seconds"] != json.loads(first["summary.json"])[
+        "seconds"]
