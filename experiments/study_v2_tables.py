@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 from scipy.stats import binomtest
+from sklearn.metrics import f1_score
 from study_tables import plot_accuracy_vs_minutes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,6 +212,40 @@ def distillation_table(runs: list[dict], base: dict) -> list[str]:
     return lines
 
 
+def aligned_probs(run: dict, split: str, order: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(softmax probabilities, labels, row ids) of one split, rows in ``order`` when given."""
+    t = np.load(run["folder"] / "predictions" / f"{split}.npz")
+    ids = t["row_ids"] if order is None else order
+    position = {r: i for i, r in enumerate(t["row_ids"])}
+    idx = np.array([position[r] for r in ids])
+    return softmax(t["logits"][idx].astype(np.float64), axis=1), t["labels"][idx], ids
+
+
+def ensemble_size_table(runs: list[dict]) -> list[str]:
+    """Accuracy of the plain mean of probabilities over every subset of k members, k = 1..n:
+    how fast averaging more members of one recipe saturates. Nothing is fitted or chosen, so
+    both splits are reported alike."""
+    lines = ["| members averaged (k) | subsets | val acc mean [min, max] | "
+             "test acc mean [min, max] | test macro-F1 mean |", "|---|---|---|---|---|"]
+    splits = {}
+    for split in ("val", "test"):
+        first, labels, order = aligned_probs(runs[0], split)
+        splits[split] = ([first] + [aligned_probs(r, split, order)[0] for r in runs[1:]], labels)
+    for k in range(1, len(runs) + 1):
+        cells, f1s = [], []
+        for split, (probs, labels) in splits.items():
+            accs = []
+            for subset in combinations(range(len(runs)), k):
+                predicted = np.mean([probs[i] for i in subset], axis=0).argmax(1)
+                accs.append(float((predicted == labels).mean()))
+                if split == "test":
+                    f1s.append(f1_score(labels, predicted, average="macro"))
+            cells.append(f"{np.mean(accs):.4f} [{min(accs):.4f}, {max(accs):.4f}]")
+        lines.append(f"| {k} | {len(accs)} | {cells[0]} | {cells[1]} | {np.mean(f1s):.4f} |")
+    return lines
+
+
 def targets_table(runs: list[dict], study: Path) -> list[str]:
     """The headline numbers against the issue's targets, every choice made on PublicTest."""
     def best(items: list[dict]) -> dict:
@@ -255,6 +292,11 @@ def main(study: Path = STUDY) -> None:
         out += ["", "### Distillation", "", *distillation_table(runs, base)]
     if (study / "ensembles").is_dir():
         out += ["", "### Ensembles (fitted on PublicTest only)", "", *ensemble_table(study)]
+    long = [r for r in runs if r["config"]["epochs"] >= 90]
+    if len(long) >= 2:
+        names = ", ".join(r["name"] for r in long)
+        out += ["", f"### Averaging more long-schedule members ({names})", "",
+                *ensemble_size_table(long)]
     out += ["", "### Headline numbers against the targets (PrivateTest; chosen on PublicTest)",
             "", *targets_table(runs, study)]
     print("\n".join(out))
