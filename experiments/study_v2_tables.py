@@ -187,8 +187,8 @@ def curve_tta(config: dict) -> str:
 def distillation_table(runs: list[dict], base: dict) -> list[str]:
     """Each distilled member next to the same recipe without a teacher, and its teacher."""
     lines = ["| student | teacher (val / test acc) | weight, T | same recipe without teacher | "
-             "val acc | test acc | test - without teacher | McNemar p |",
-             "|---|---|---|---|---|---|---|---|"]
+             "val acc | test acc | val - without teacher | test - without teacher | McNemar p |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         c = r["config"]
         if not c.get("teacher"):
@@ -200,11 +200,12 @@ def distillation_table(runs: list[dict], base: dict) -> list[str]:
                  == recipe_change(plain, base["config"])]
         twin = next((o for o in twins if o["config"]["seed"] == c["seed"]), None)
         teacher = json.loads((ROOT / c["teacher"] / "summary.json").read_text())
-        acc = r["summary"]["test"]["accuracy"]
-        twin_cells = (f"{twin['name']} | {r['summary']['val']['accuracy']:.4f} | {acc:.4f} | "
+        acc, val = r["summary"]["test"]["accuracy"], r["summary"]["val"]["accuracy"]
+        twin_cells = (f"{twin['name']} | {val:.4f} | {acc:.4f} | "
+                      f"{val - twin['summary']['val']['accuracy']:+.4f} | "
                       f"{acc - twin['summary']['test']['accuracy']:+.4f} | "
                       f"{mcnemar(twin, r):.3g}") if twin else (
-            f"- | {r['summary']['val']['accuracy']:.4f} | {acc:.4f} | - | -")
+            f"- | {val:.4f} | {acc:.4f} | - | - | -")
         lines.append(f"| {r['name']} | {Path(c['teacher']).name} "
                      f"({teacher['val']['accuracy']:.4f} / {teacher['test']['accuracy']:.4f}) | "
                      f"{c.get('distill_weight', 0.5)}, {c.get('distill_temperature', 2.0)} | "
