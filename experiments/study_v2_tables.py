@@ -18,7 +18,6 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-from scipy.special import softmax
 from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 from study_tables import plot_accuracy_vs_minutes
@@ -213,26 +212,18 @@ def distillation_table(runs: list[dict], base: dict) -> list[str]:
     return lines
 
 
-def aligned_probs(run: dict, split: str, order: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(softmax probabilities, labels, row ids) of one split, rows in ``order`` when given."""
-    t = np.load(run["folder"] / "predictions" / f"{split}.npz")
-    ids = t["row_ids"] if order is None else order
-    position = {r: i for i, r in enumerate(t["row_ids"])}
-    idx = np.array([position[r] for r in ids])
-    return softmax(t["logits"][idx].astype(np.float64), axis=1), t["labels"][idx], ids
-
-
 def ensemble_size_table(runs: list[dict]) -> list[str]:
     """Accuracy of the plain mean of probabilities over every subset of k members, k = 1..n:
     how fast averaging more members of one recipe saturates, and its limit fitted as a + b/k.
     Nothing is fitted on or chosen by these accuracies, so both splits are reported alike."""
     lines = ["| members averaged (k) | subsets | val acc mean [min, max] | "
              "test acc mean [min, max] | test macro-F1 mean |", "|---|---|---|---|---|"]
-    splits = {}
-    for split in ("val", "test"):
-        first, labels, order = aligned_probs(runs[0], split)
-        splits[split] = ([first] + [aligned_probs(r, split, order)[0] for r in runs[1:]], labels)
+    from ferens.ensemble import check_members  # checks and aligns rows to the first member's
+    from ferens.predictions import load_run
+
+    members = check_members([load_run(r["folder"]) for r in runs])
+    splits = {split: ([m.splits[split].probs for m in members], members[0].splits[split].labels)
+              for split in ("val", "test")}
     sizes = range(1, len(runs) + 1)
     means: dict[str, list[float]] = {"val": [], "test": [], "f1": []}
     for k in sizes:
