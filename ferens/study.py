@@ -56,7 +56,10 @@ STUDY_KEYS = {  # every [study] key and what its value must be
     "adjust": (list, "a list of member or ensemble method names"),
     "adjust_select": (str, f"one of {list(SELECT)}"),
     "adjust_max_accuracy_loss": (float, "a number from 0 to 1"),
+    "runs_dir": (str, "a folder path for the members' run folders and checkpoints"),
 }
+# Overrides [study] runs_dir: where this machine keeps the members' checkpoints between sessions
+RUNS_DIR_ENV = "FERENS_RUNS_DIR"
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ def load_study(path: str | Path) -> Study:
     head, defaults, entries, group_tables = _check_tables(spec, path)
     if not entries:
         raise FerensError(f"{path}: no [[members]] tables")
+    runs_dir = os.environ.get(RUNS_DIR_ENV) or head.get("runs_dir")
+    if runs_dir:  # the members' out_dir, unless a member names its own
+        defaults = defaults | {"out_dir": str(Path(runs_dir).expanduser())}
     members = [TrainConfig.from_dict(defaults | entry, source=f"{path} member {i}")
                for i, entry in enumerate(entries)]
     names = [m.name for m in members]

@@ -52,6 +52,7 @@ from ferens.predictions import (
     split_metrics,
     write_json,
 )
+from ferens.provenance import code_commit, library_versions
 from ferens.targets import ferplus_soft_targets, teacher_probabilities
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -72,6 +73,8 @@ class TrainingState:
     rows: list | None = None
     train_seconds: float = 0.0
     stopped_early: bool = False
+    resumes: int = 0              # times training continued from a checkpoint (a new session)
+    commits: list | None = None   # ferens code commit of each start and resume, in order
 
 
 def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
@@ -378,7 +381,11 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
     cfg.save(run_dir / "config.json")
     state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
     if state.epoch:
-        print(f"resuming {run_dir} after epoch {state.epoch}", file=sys.stderr)
+        state.resumes += 1
+        print(f"resuming {run_dir} after epoch {state.epoch} (resume {state.resumes})",
+              file=sys.stderr)
+    if state.epoch < cfg.epochs and not state.stopped_early:
+        state.commits = [*(state.commits or []), code_commit()]
     loader = TrainLoader(train.images, train.labels, cfg, device)
 
     while state.epoch < cfg.epochs and not state.stopped_early:
@@ -460,6 +467,11 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
         "precision": parts.precision,
         "train_samples": int(len(splits["train"])),
         "torch": torch.__version__,
+        "versions": library_versions(),
+        "resumes": state.resumes,
+        # the ferens commit of every training session (start, then each resume); '-dirty'
+        # when the code differed from it, None outside a git checkout
+        "code_commits": state.commits or [],
     }
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -141,6 +141,20 @@ def test_every_setting_read_today_and_the_ray_table_are_accepted(tmp_path, tiny_
     assert study.adjust_max_accuracy_loss == 0.02
 
 
+
+def test_runs_dir_keeps_every_member_in_one_folder_and_the_environment_overrides_it(
+        tmp_path, tiny_csv, monkeypatch):
+    members = '[[members]]\nname = "a"\n\n[[members]]\nname = "b"\nout_dir = "own"\n'
+    text = _study_file(tmp_path, tiny_csv, members).read_text()
+    text = text.replace(f'out_dir = "{tmp_path / "runs"}"\n', "")
+    (tmp_path / "s.toml").write_text(text.replace("[study]\n", '[study]\nruns_dir = "lanes"\n'))
+    monkeypatch.delenv("FERENS_RUNS_DIR", raising=False)
+    a, b = load_study(tmp_path / "s.toml").members
+    assert (a.out_dir, b.out_dir) == ("lanes", "own")  # a member's own out_dir wins
+    monkeypatch.setenv("FERENS_RUNS_DIR", str(tmp_path / "kept"))
+    a, b = load_study(tmp_path / "s.toml").members
+    assert (a.run_dir, b.out_dir) == (tmp_path / "kept" / "a", "own")
+
 # --- interrupted studies (issue 15, item 4) ---------------------------------------------------
 
 DRIVER = """

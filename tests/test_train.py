@@ -74,6 +74,11 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_csv, tmp_pa
     assert _metric_rows(broken.run_dir) == _metric_rows(straight.run_dir)
     a, b = load_run(straight.run_dir), load_run(broken.run_dir)
     assert np.allclose(a.test.logits, b.test.logits, atol=1e-6)
+    # the summary says the run spanned two sessions, and which code ran each
+    once, twice = (json.loads((c.run_dir / "summary.json").read_text()) for c in (straight, broken))
+    assert (once["resumes"], twice["resumes"]) == (0, 1)
+    assert len(once["code_commits"]) == 1 and len(twice["code_commits"]) == 2
+    assert twice["versions"]["timm"] and twice["versions"]["torch"]
 
 
 def test_resume_with_a_different_config_says_what_differs(tiny_csv, tmp_path):
