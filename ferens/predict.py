@@ -476,6 +476,8 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
             summaries[name] = video_summary(rows, bundle.class_names, sampled)
     frame.attrs["skipped"] = skipped
     frame.attrs["videos"] = summaries
+    frame.attrs["annotated"] = ([str(annotate_dir / n) for n in sorted(predictor.annotated)]
+                                if annotate_dir is not None else [])
     frame.attrs["summary"] = {
         "inputs": len(files) + sum(s["reason"] == "not found" for s in skipped),
         "images_with_faces": int(frame.loc[frame["frame"].isna(), "file"].nunique()),
@@ -511,17 +513,17 @@ def format_summary(frame: pd.DataFrame) -> str:
 
 def write_predictions(frame: pd.DataFrame, out: str | Path, bundle: Bundle | None = None
                       ) -> tuple[Path, Path]:
-    """predictions.csv (rows) and predictions.json (rows, skipped, summary) in folder `out`."""
+    """predictions.csv (rows), predictions.json (rows, skipped, summary) and a timeline per
+    video in folder `out`. predictions.json lists every file written there (the annotated
+    images of ``frame`` too when they lie in ``out/annotated``): what a later `predict --out`
+    may replace."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     frame.to_csv(csv_path, index=False)
-    payload = {"bundle": str(bundle.path) if bundle else None,
-               "summary": frame.attrs.get("summary", {}),
-               "videos": frame.attrs.get("videos", {}),
-               "skipped": frame.attrs.get("skipped", []),
-               "rows": json.loads(frame.to_json(orient="records"))}
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    files = [csv_path.name, json_path.name]
+    files += [f"annotated/{Path(p).name}" for p in frame.attrs.get("annotated", [])
+              if Path(p).parent == out / "annotated"]
     names = set()
     for video in frame.attrs.get("videos", {}):
         stem, n = Path(video).stem, 2
@@ -530,6 +532,14 @@ def write_predictions(frame: pd.DataFrame, out: str | Path, bundle: Bundle | Non
             name, n = f"{stem}-{n}", n + 1
         names.add(name)
         plot_timeline(frame[frame["file"] == video], out / "timelines" / f"{name}.png", video)
+        files.append(f"timelines/{name}.png")
+    payload = {"bundle": str(bundle.path) if bundle else None,
+               "summary": frame.attrs.get("summary", {}),
+               "videos": frame.attrs.get("videos", {}),
+               "skipped": frame.attrs.get("skipped", []),
+               "files": sorted(files),
+               "rows": json.loads(frame.to_json(orient="records"))}
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
     return csv_path, json_path
 
 

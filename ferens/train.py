@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from ferens.outputs import folder_lock
 from ferens.predictions import (
     Predictions,
     atomic_path,
+    current_umask,
     save_predictions,
     split_metrics,
     write_json,
@@ -286,9 +288,9 @@ def save_checkpoint(run_dir: Path, parts: TrainingParts, state: TrainingState) -
     """Write checkpoint/epoch-K fully, then point checkpoint/latest.json at it (atomic)."""
     root = run_dir / "checkpoint"
     final = root / f"epoch-{state.epoch}"
-    tmp = root / f"epoch-{state.epoch}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"epoch-{state.epoch}.tmp-", dir=root))
+    tmp.chmod(0o777 & ~current_umask())  # not mkdtemp's 0700: the run stays shared
     save_file(_state_dict(parts.model), str(tmp / "model.safetensors"))
     if parts.ema is not None:
         save_file(_state_dict(parts.ema.module), str(tmp / "ema.safetensors"))

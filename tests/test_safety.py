@@ -278,3 +278,23 @@ def test_exporting_a_member_with_truncated_weights_fails_at_export(member, tmp_p
         with pytest.raises(FerensError, match="best.safetensors: cannot load weights"):
             export_bundle(broken, tmp_path / "b.ferens", half=half)
     assert not (tmp_path / "b.ferens").exists()
+
+
+# --- issue 28: file safety ----------------------------------------------------------------
+
+@pytest.mark.parametrize("sub", ["annotated", "timelines"])
+def test_predict_never_deletes_a_users_file_inside_its_subfolders(bundle, face_png, tmp_path,
+                                                                  sub, monkeypatch, capsys):
+    out = tmp_path / "out"
+    for _ in range(2):  # its own output, annotated images included, is replaced
+        code, _, err = run_cli(_predict(bundle, face_png, out, "--annotate"), monkeypatch,
+                               capsys)
+        assert code == 0, err
+    assert (out / "annotated" / "face.png").is_file()
+    assert "annotated/face.png" in json.loads((out / "predictions.json").read_text())["files"]
+    (out / sub).mkdir(exist_ok=True)
+    (out / sub / "mine.png").write_bytes(b"the user's picture")
+    code, _, err = run_cli(_predict(bundle, face_png, out), monkeypatch, capsys)
+    _one_line_error(code, err)
+    assert "refusing to replace it" in err
+    assert (out / sub / "mine.png").read_bytes() == b"the user's picture"
