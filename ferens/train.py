@@ -12,6 +12,7 @@ every epoch so ``resume=True`` continues an interrupted run to the same result.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -74,6 +75,7 @@ class TrainingState:
     rows: list | None = None
     train_seconds: float = 0.0
     stopped_early: bool = False
+    data_sha256: str | None = None  # of the splits trained on (None: an older checkpoint)
 
 
 def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
@@ -88,6 +90,18 @@ def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
                                    stratify=train.labels, random_state=cfg.seed)
         splits["train"] = train.subset(np.sort(keep))
     return splits
+
+
+def data_sha256(splits: dict[str, FerDataset]) -> str:
+    """SHA-256 of what a run trains and selects on: every split's images, labels and row ids
+    after relabelling and subsampling, so other content under the same path (same rows, other
+    labels) gives another digest, and the same content elsewhere the same one."""
+    digest = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        part = splits[name]
+        for array in (part.images, part.labels.astype(np.int64), part.row_ids.astype(np.int64)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -374,11 +388,17 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     splits = load_splits(cfg)
+    digest = data_sha256(splits)
     train = splits["train"]
     parts = build_parts(cfg, train, device)
+    state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
+    if state.data_sha256 not in (None, digest):
+        raise FerensError(f"{cfg.data}: is not the data {run_dir} was trained on (its content "
+                          "differs: other rows, labels or images); resume with the same data, "
+                          "or start a new run with another --name")
+    state.data_sha256 = digest
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
-    state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
     if state.epoch:
         print(f"resuming {run_dir} after epoch {state.epoch}", file=sys.stderr)
     loader = TrainLoader(train.images, train.labels, cfg, device)

@@ -384,3 +384,40 @@ def test_a_linked_members_folder_is_refused_before_anything_outside_is_opened(
         messages.append(str(caught.value))
     assert messages[0] == messages[1]
     assert not [f for f in opened if f.startswith(str(outside))]
+
+
+def _no_decoding_of(monkeypatch, size: int) -> None:
+    """Make any attempt to decode a buffer of ``size`` bytes (or to read a file whole) fail."""
+    real = cv2.imdecode
+
+    def imdecode(buf, flags):
+        if len(buf) == size:
+            raise AssertionError("the oversized image was handed to the decoder")
+        return real(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(
+        AssertionError(f"{self} was read whole")))
+
+
+def test_a_decompression_bomb_is_skipped_from_its_header_without_decoding(bundle, tmp_path,
+                                                                          monkeypatch):
+    from conftest import png_bomb
+
+    bomb = png_bomb(tmp_path / "bomb.png", 60000, 60000)  # 3.6 GP in a few hundred bytes
+    cv2.imwrite(str(tmp_path / "ok.png"), astronaut_bgr())
+    _no_decoding_of(monkeypatch, bomb.stat().st_size)
+    frame = predict_images(load_bundle(bundle), [bomb, tmp_path / "ok.png"])
+    assert [(Path(s["file"]).name, s["reason"]) for s in frame.attrs["skipped"]] == [
+        ("bomb.png", "too large")]
+    assert len(frame) == 1
+
+
+def test_a_huge_file_is_skipped_by_its_size_before_it_is_read(bundle, tmp_path, monkeypatch):
+    huge = tmp_path / "huge.png"
+    cv2.imwrite(str(huge), np.zeros((48, 48), np.uint8))
+    os.truncate(huge, 3 * 2**30)  # 3 GB (sparse: no disk used)
+    _no_decoding_of(monkeypatch, 3 * 2**30)
+    frame = predict_images(load_bundle(bundle), [huge])
+    skipped = frame.attrs["skipped"]
+    assert [s["reason"] for s in skipped] == ["too large"] and "MiB" in skipped[0]["detail"]
