@@ -138,7 +138,7 @@ def _check_csv_size(path: Path) -> None:
     if size > MAX_CSV_BYTES:
         raise FerensError(f"{path}: a {size / 2**20:,.0f} MiB file, more than a FER2013 CSV can "
                           f"be (at most {MAX_CSV_BYTES / 2**20:,.0f} MiB; the original is "
-                          "about 290 MiB); refusing to read it")
+                          "287 MiB); refusing to read it")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -156,7 +156,7 @@ def _read_bytes(path: Path) -> bytes:
         raise FerensError(f"{path}: cannot read ({exc})") from None
     if len(raw) > MAX_CSV_BYTES:
         raise FerensError(f"{path}: inflates to more than {MAX_CSV_BYTES / 2**20:,.0f} MiB, "
-                          "more than a FER2013 CSV can be (the original is about 290 MiB); "
+                          "more than a FER2013 CSV can be (the original is 287 MiB); "
                           "refusing to decompress it further")
     return raw[len(UTF8_BOM):] if raw.startswith(UTF8_BOM) else raw
 

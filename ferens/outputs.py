@@ -270,9 +270,17 @@ def _acquire(path: Path, folder: Path) -> int:
     """An fd holding an exclusive flock on the lock file at ``path`` (created when missing;
     never through a link, never a FIFO or device)."""
     flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    attempts = 0
     while True:
         try:
             fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:  # a releasing writer removed the parent it had made
+            attempts += 1
+            if attempts > 3:
+                raise FerensError(f"{path.parent}: the folder keeps disappearing; cannot lock "
+                                  f"{folder}") from None
+            _make_parents(path.parent)
+            continue
         except OSError as exc:  # ELOOP: a link planted at the lock's name; EACCES: not ours
             raise FerensError(f"{path}: cannot open the lock file of {folder} "
                               f"({exc.strerror}); if no ferens process is writing {folder}, "
