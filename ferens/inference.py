@@ -87,9 +87,14 @@ def to_tensor(images: np.ndarray | torch.Tensor, device: torch.device,
 
 def load_member_model(cfg: TrainConfig, weights: str | Path,
                       device: torch.device) -> nn.Module:
-    """The member architecture from its config with weights from a safetensors file."""
+    """The member architecture from its config with weights from a safetensors file.
+
+    The model is first built on the meta device (no memory) and its parameter shapes compared
+    with those in the safetensors header, so a config declaring a model other than the weights
+    (say resnet152 at width 8, ~15 GB) is refused before anything is allocated."""
     from safetensors.torch import load_file
 
+    check_weight_shapes(cfg, weights)
     model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate)
     try:
         model.load_state_dict(load_file(str(weights)))
@@ -97,6 +102,27 @@ def load_member_model(cfg: TrainConfig, weights: str | Path,
         raise FerensError(f"{weights}: cannot load weights ({exc})") from None
     model = model.to(device).eval()
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def check_weight_shapes(cfg: TrainConfig, weights: str | Path) -> None:
+    """Refuse weights whose tensor names and shapes (read from the safetensors header, without
+    loading them) differ from those of the model ``cfg`` declares (built on the meta device)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # safetensors' own error types: a damaged or foreign file
+        raise FerensError(f"{weights}: cannot load weights ({exc})") from None
+    with torch.device("meta"):
+        model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate)
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if stored != wanted:
+        differ = sorted(set(stored) ^ set(wanted)) or sorted(
+            k for k in wanted if stored[k] != wanted[k])
+        raise FerensError(f"{weights}: the weights do not fit the model its config declares "
+                          f"({cfg.model}, stem {cfg.stem}, width {cfg.width}; first differing "
+                          f"tensor {differ[0]!r}); refusing to build it")
 
 
 def tta_views(batch: np.ndarray, cfg: TrainConfig, tta: str) -> list[np.ndarray]:

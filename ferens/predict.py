@@ -22,6 +22,9 @@ ships with scikit-image is used instead. Neither needs a download.
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -59,6 +62,8 @@ SKIP_REASONS = ("not found", "unreadable", "not an image", "not a video", "too l
 # Images are measured from their header and skipped above this many pixels (a 30000x30000
 # PNG of 856 KB would otherwise take 6 GB to decode).
 MAX_PIXELS = 50_000_000
+# Image files are measured before they are read: a 50 MP 16-bit RGBA TIFF is 400 MB unpacked.
+MAX_IMAGE_BYTES = 512 * 2**20
 
 Box = tuple[int, int, int, int]
 
@@ -188,40 +193,65 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[dict]]
     return files, skipped
 
 
-def image_size(raw: bytes) -> tuple[int, int] | None:
-    """(width, height) from an image's header without decoding it (None when PIL cannot tell;
-    OpenCV then decodes under its own limit)."""
+def image_size(source) -> tuple[int, int] | None:
+    """(width, height) from an image's header (a binary file or bytes), read without decoding
+    the pixels; None when PIL cannot read the header. Raises SkipFile("too large") for the
+    images PIL itself refuses as decompression bombs."""
     import io
     import warnings
 
     from PIL import Image
 
+    fh = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(raw)) as im:
+            with Image.open(fh) as im:
                 return im.size
-    except Exception:  # not a format PIL reads; OpenCV decides below
+    except Image.DecompressionBombError as exc:  # over twice PIL's own limit
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise SkipFile("too large", (f"{int(pixels.group(1)):,} pixels" if pixels else
+                                     "a decompression bomb") + " declared in its header"
+                       ) from None
+    except Exception:  # not a format PIL reads
         return None
 
 
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """A BGR uint8 image; raises SkipFile when it cannot be read or decoded, or when its header
-    declares more than ``max_pixels`` pixels."""
+def read_image(path: Path, max_pixels: int = MAX_PIXELS,
+               max_bytes: int = MAX_IMAGE_BYTES) -> np.ndarray:
+    """A BGR uint8 image; raises SkipFile when it cannot be read or decoded, when it is not a
+    plain file, when the file is over ``max_bytes``, or when its header declares more than
+    ``max_pixels`` pixels. Only the header is read before those checks, and the pixels are
+    decoded only after them."""
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO never blocks
     except OSError as exc:
         raise SkipFile("unreadable", exc.strerror or str(exc)) from None
-    size = image_size(raw) if raw else None
-    if size and size[0] * size[1] > max_pixels:
-        raise SkipFile("too large", f"{size[0]}x{size[1]} pixels, over the limit of "
-                                    f"{max_pixels:,}")
-    image = None
-    if raw:
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SkipFile("unreadable", "not a regular file")
+        if info.st_size > max_bytes:
+            raise SkipFile("too large", f"a {info.st_size / 2**20:,.0f} MiB file, over the "
+                                        f"limit of {max_bytes / 2**20:,.0f} MiB")
+        if info.st_size == 0:
+            raise SkipFile("not an image", "empty file")
+        size = image_size(fh)
+        if size is None:
+            raise SkipFile("not an image", "its header is not one of an image format ferens "
+                                           "reads (corrupt or not an image)")
+        if size[0] * size[1] > max_pixels:
+            raise SkipFile("too large", f"{size[0]}x{size[1]} pixels, over the limit of "
+                                        f"{max_pixels:,}")
         try:
-            image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-        except cv2.error:
-            image = None
+            fh.seek(0)
+            raw = fh.read()
+        except OSError as exc:
+            raise SkipFile("unreadable", exc.strerror or str(exc)) from None
+    try:
+        image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
         raise SkipFile("not an image", "OpenCV cannot decode it (corrupt or not an image)")
     return image
@@ -476,6 +506,8 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
             summaries[name] = video_summary(rows, bundle.class_names, sampled)
     frame.attrs["skipped"] = skipped
     frame.attrs["videos"] = summaries
+    frame.attrs["annotated"] = ([str(annotate_dir / n) for n in sorted(predictor.annotated)]
+                                if annotate_dir is not None else [])
     frame.attrs["summary"] = {
         "inputs": len(files) + sum(s["reason"] == "not found" for s in skipped),
         "images_with_faces": int(frame.loc[frame["frame"].isna(), "file"].nunique()),
@@ -511,17 +543,17 @@ def format_summary(frame: pd.DataFrame) -> str:
 
 def write_predictions(frame: pd.DataFrame, out: str | Path, bundle: Bundle | None = None
                       ) -> tuple[Path, Path]:
-    """predictions.csv (rows) and predictions.json (rows, skipped, summary) in folder `out`."""
+    """predictions.csv (rows), predictions.json (rows, skipped, summary) and a timeline per
+    video in folder `out`. predictions.json lists every file written there (the annotated
+    images of ``frame`` too when they lie in ``out/annotated``): what a later `predict --out`
+    may replace."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     frame.to_csv(csv_path, index=False)
-    payload = {"bundle": str(bundle.path) if bundle else None,
-               "summary": frame.attrs.get("summary", {}),
-               "videos": frame.attrs.get("videos", {}),
-               "skipped": frame.attrs.get("skipped", []),
-               "rows": json.loads(frame.to_json(orient="records"))}
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    files = [csv_path.name, json_path.name]
+    files += [f"annotated/{Path(p).name}" for p in frame.attrs.get("annotated", [])
+              if Path(p).parent == out / "annotated"]
     names = set()
     for video in frame.attrs.get("videos", {}):
         stem, n = Path(video).stem, 2
@@ -530,6 +562,14 @@ def write_predictions(frame: pd.DataFrame, out: str | Path, bundle: Bundle | Non
             name, n = f"{stem}-{n}", n + 1
         names.add(name)
         plot_timeline(frame[frame["file"] == video], out / "timelines" / f"{name}.png", video)
+        files.append(f"timelines/{name}.png")
+    payload = {"bundle": str(bundle.path) if bundle else None,
+               "summary": frame.attrs.get("summary", {}),
+               "videos": frame.attrs.get("videos", {}),
+               "skipped": frame.attrs.get("skipped", []),
+               "files": sorted(files),
+               "rows": json.loads(frame.to_json(orient="records"))}
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
     return csv_path, json_path
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -89,19 +90,40 @@ def unique_names(names: list[str]) -> list[str]:
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """A per-process temporary sibling of `path` that replaces it when the block completes.
+    """A new, unpredictably named temporary sibling of `path` that replaces it when the block
+    completes.
 
-    Readers never see a half-written file, and concurrent writers never share a temp name.
-    `suffix` keeps writers that insist on an extension (np.savez: ``.npz``) on the same name.
+    The name is created exclusively (``mkstemp``: never an existing file, never through a link
+    planted at a guessable name), so readers never see a half-written file and concurrent
+    writers never share a temp name. `suffix` keeps writers that insist on an extension
+    (np.savez: ``.npz``) on the same name. The file gets the usual permissions (0666 less the
+    umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    tmp = Path(name)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        os.close(fd)
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be, so no other thread ever creates a
+    file under a changed one)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_predictions(path: str | Path, preds: Predictions) -> None:

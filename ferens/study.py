@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from ferens.children import stop as stop_children
 from ferens.config import NAME_PATTERN, TrainConfig, config_differences
 from ferens.ensemble import METHODS as ALL_METHODS
 from ferens.errors import FerensError
-from ferens.outputs import check_creatable, folder_lock
+from ferens.outputs import check_creatable, folder_lock, output_folder
 from ferens.predictions import read_json, write_json
 
 SMALL_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.npz",
@@ -236,13 +235,33 @@ def member_outputs(run_dir: Path) -> list[str]:
     return [*SMALL_OUTPUTS, *(n for n in OPTIONAL_OUTPUTS if (run_dir / n).is_file())]
 
 
-def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
-    """Copy a finished member's small outputs into results."""
-    dest = results_dir / "members" / cfg.name
-    for name in member_outputs(cfg.run_dir):
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(cfg.run_dir / name, dest / name)
+def store_member(results_dir: Path, name: str, outputs: dict[str, bytes]) -> Path:
+    """Write a finished member's small outputs (``{relative path: bytes}``) as
+    ``results_dir/members/<name>``, whole, through a staging folder. An existing folder there
+    is replaced only when it holds nothing but such outputs (an earlier copy); any other file
+    in it is the user's, and the member is refused with one line. An identical copy is left
+    as it is."""
+    dest = results_dir / "members" / name
+    if dest.is_dir() and not dest.is_symlink() and _same_files(dest, outputs):
+        return dest
+    with output_folder(dest, "member") as tmp:
+        for relative, content in outputs.items():
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / relative).write_bytes(content)
     return dest
+
+
+def _same_files(folder: Path, outputs: dict[str, bytes]) -> bool:
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    return present == set(outputs) and all(
+        not (folder / r).is_symlink() and (folder / r).read_bytes() == content
+        for r, content in outputs.items())
+
+
+def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
+    """Copy a finished member's small outputs into results (see ``store_member``)."""
+    return store_member(results_dir, cfg.name, {
+        name: (cfg.run_dir / name).read_bytes() for name in member_outputs(cfg.run_dir)})
 
 
 def collect_finished(study: Study) -> list[str]:

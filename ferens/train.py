@@ -12,11 +12,13 @@ every epoch so ``resume=True`` continues an interrupted run to the same result.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ from ferens.outputs import folder_lock
 from ferens.predictions import (
     Predictions,
     atomic_path,
+    current_umask,
     save_predictions,
     split_metrics,
     write_json,
@@ -75,6 +78,7 @@ class TrainingState:
     stopped_early: bool = False
     resumes: int = 0              # times training continued from a checkpoint (a new session)
     commits: list | None = None   # ferens code commit of each start and resume, in order
+    data_sha256: str | None = None  # of the splits trained on (None: an older checkpoint)
 
 
 def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
@@ -89,6 +93,18 @@ def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
                                    stratify=train.labels, random_state=cfg.seed)
         splits["train"] = train.subset(np.sort(keep))
     return splits
+
+
+def data_sha256(splits: dict[str, FerDataset]) -> str:
+    """SHA-256 of what a run trains and selects on: every split's images, labels and row ids
+    after relabelling and subsampling, so other content under the same path (same rows, other
+    labels) gives another digest, and the same content elsewhere the same one."""
+    digest = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        part = splits[name]
+        for array in (part.images, part.labels.astype(np.int64), part.row_ids.astype(np.int64)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -289,9 +305,9 @@ def save_checkpoint(run_dir: Path, parts: TrainingParts, state: TrainingState) -
     """Write checkpoint/epoch-K fully, then point checkpoint/latest.json at it (atomic)."""
     root = run_dir / "checkpoint"
     final = root / f"epoch-{state.epoch}"
-    tmp = root / f"epoch-{state.epoch}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"epoch-{state.epoch}.tmp-", dir=root))
+    tmp.chmod(0o777 & ~current_umask())  # not mkdtemp's 0700: the run stays shared
     save_file(_state_dict(parts.model), str(tmp / "model.safetensors"))
     if parts.ema is not None:
         save_file(_state_dict(parts.ema.module), str(tmp / "ema.safetensors"))
@@ -375,11 +391,17 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     splits = load_splits(cfg)
+    digest = data_sha256(splits)
     train = splits["train"]
     parts = build_parts(cfg, train, device)
+    state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
+    if state.data_sha256 not in (None, digest):
+        raise FerensError(f"{cfg.data}: is not the data {run_dir} was trained on (its content "
+                          "differs: other rows, labels or images); resume with the same data, "
+                          "or start a new run with another --name")
+    state.data_sha256 = digest
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
-    state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
     if state.epoch:
         state.resumes += 1
         print(f"resuming {run_dir} after epoch {state.epoch} (resume {state.resumes})",
