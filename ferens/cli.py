@@ -245,7 +245,7 @@ def predict_cmd(
     min_face: int | None = typer.Option(
         None, help="Smallest face box searched for, in pixels [mtcnn 32, haar and lbp 48]."),
     confidence: float | None = typer.Option(
-        None, help="mtcnn: smallest face score kept, 0-1 [0.9]."),
+        None, help="mtcnn: smallest face score kept, 0-1 [0.7]."),
     every: int | None = typer.Option(None, help="Videos: predict every N-th frame."),
     fps: float | None = typer.Option(None, help="Videos: frames sampled per second [5]."),
     detect_every: int = typer.Option(

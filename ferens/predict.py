@@ -303,7 +303,7 @@ def predict_image(bundle: Bundle, image: np.ndarray, detector: str = "auto",
 
 def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = True,
                    annotate_dir: str | Path | None = None, batch_size: int = 256,
-                   backend: str = "torch", detector: str = "auto",
+                   backend: str = "torch", detector: str | FaceDetector = "auto",
                    min_face: int | None = None, every: int | None = None,
                    fps: float | None = None, detect_every: int = 1,
                    max_pixels: int = MAX_PIXELS, confidence: float | None = None

@@ -74,7 +74,7 @@ def test_a_video_gives_sampled_frame_rows_times_a_summary_and_a_timeline(bundle,
     payload = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert payload["videos"][str(tmp_path / "clip.avi")]["faces"] == 4
     assert (tmp_path / "out" / "timelines" / "clip.png").is_file()
-    assert "clip.avi: mostly" in out
+    assert "clip.avi: 2.0 s, 4 frames sampled, 4 with a face: mostly" in out
 
 
 def test_detecting_on_every_kth_frame_reuses_the_boxes_in_between(bundle, tmp_path):
