@@ -68,14 +68,16 @@ class CropRule:
 CROP_RULES = {
     "haar": CropRule(1.038, 0.0, 0.005),
     "lbp": CropRule(1.027, -0.011, -0.006),
-    "mtcnn": CropRule(1.076, 0.025, 0.006),
+    "mtcnn": CropRule(1.075, 0.023, 0.005),
 }
 # Smallest face searched (--min-face, box side in pixels) and score kept (--confidence).
 # haar/lbp: 48 = FER2013's resolution (scanning to 24 px made Haar about 2x slower).
 DEFAULT_MIN_FACE = {"haar": 48, "lbp": 48, "mtcnn": 32}
 DEFAULT_CONFIDENCE = {"mtcnn": 0.7}
-# MTCNN's first two stages keep proposals scoring at least this (the published 0.6, 0.7 missed
-# 4.8% more of 500 PublicTest faces in the benchmark's variants for 3 fewer false positives).
+# MTCNN's first two stages keep proposals scoring at least this: on 600 PublicTest faces in the
+# benchmark's variants, 0.5, 0.6 found 85.8% (34 false positives, 53 ms per 640x480 image) and
+# the published 0.6, 0.7 found 84.3% (33, 46 ms); --min-face 20 found 1 point more at 1.6x the
+# time (experiments/face_detectors.py fit).
 MTCNN_STAGE_THRESHOLDS = (0.5, 0.6)
 HAAR_NEIGHBOURS = 5
 # LBP hits a face needs: picked on the astronaut photo (PNG and JPEG) and 120 FER2013 faces
@@ -108,14 +110,15 @@ class FaceDetector:
 
     def detect(self, image: np.ndarray) -> list[Box]:
         """Boxes in reading order for a BGR (H,W,3) or gray (H,W) uint8 image; large images are
-        searched at most DETECT_MAX_SIDE wide, images narrower than the smallest face have none."""
+        searched at most DETECT_MAX_SIDE wide, images narrower than the smallest face have none,
+        and boxes smaller than ``min_face`` (sqrt(w*h), in the pixels searched) are dropped."""
         if min(image.shape[:2]) < self.min_face:
             return []
         scale = min(1.0, DETECT_MAX_SIDE / max(image.shape[:2]))
         small = image if scale == 1.0 else cv2.resize(
             image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        boxes = [tuple(int(round(v / scale)) for v in box) for box in self.find(small)]
-        boxes = [b for b in boxes if b[2] > 0 and b[3] > 0]
+        boxes = [tuple(int(round(v / scale)) for v in box) for box in self.find(small)
+                 if box[2] > 0 and box[3] > 0 and box[2] * box[3] >= self.min_face ** 2]
         return sorted(drop_nested(boxes), key=lambda b: (b[1], b[0]))
 
     def crop(self, gray: np.ndarray, box: Box) -> np.ndarray:

@@ -34,7 +34,7 @@ import pandas as pd
 
 from ferens.bundle import Bundle
 from ferens.errors import FerensError
-from ferens.faces import Box, FaceDetector, crop_face, face_detector, to_face
+from ferens.faces import MTCNN_HINT, Box, FaceDetector, crop_face, face_detector, to_face
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
                   ".pbm", ".pnm", ".jp2"}
@@ -366,6 +366,9 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
         "min_face": finder.min_face if finder else None,
         "confidence": finder.confidence if finder else None,
         "not_annotated": list(videos) if annotate_dir is not None else [],
+        "detector_note": (f"faces found with {finder.name}; MTCNN finds more of them: "
+                          f"{MTCNN_HINT}" if detector == "auto" and finder
+                          and finder.name != "mtcnn" else None),
         "backend": backend,
         "tta": bundle.tta or "members' own",
         "seconds": round(time.perf_counter() - start, 3)}
@@ -404,6 +407,8 @@ def format_summary(frame: pd.DataFrame) -> str:
               f"sampled, {v['frames_with_faces']} with a face: mostly {v['dominant']} "
               f"({100 * v['share'][v['dominant']]:.0f}% of {v['faces']} faces)"
               for name, v in frame.attrs.get("videos", {}).items()]
+    if s.get("detector_note"):
+        lines.append(f"  note: {s['detector_note']}")
     if s.get("not_annotated"):
         lines.append("  --annotate draws on images only; not annotated: "
                      + ", ".join(Path(v).name for v in s["not_annotated"]))
