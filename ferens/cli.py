@@ -239,8 +239,13 @@ def predict_cmd(
                                    help="Treat each image as an aligned face crop."),
     annotate: bool = typer.Option(False, "--annotate",
                                   help="Write annotated copies of images to OUT/annotated/."),
-    detector: str = typer.Option("auto", help="auto | haar (OpenCV 4) | lbp (scikit-image)."),
-    min_face: int = typer.Option(48, help="Smallest face searched for, in pixels."),
+    detector: str = typer.Option(
+        "auto", help="auto (mtcnn when installed, else haar) | mtcnn (pip install "
+        "'ferens[mtcnn]') | haar (OpenCV 4) | lbp (scikit-image)."),
+    min_face: int | None = typer.Option(
+        None, help="Smallest face box searched for, in pixels [mtcnn 32, haar and lbp 48]."),
+    confidence: float | None = typer.Option(
+        None, help="mtcnn: smallest face score kept, 0-1 [0.7]."),
     every: int | None = typer.Option(None, help="Videos: predict every N-th frame."),
     fps: float | None = typer.Option(None, help="Videos: frames sampled per second [5]."),
     detect_every: int = typer.Option(
@@ -255,7 +260,12 @@ def predict_cmd(
     class), a summary and a timeline plot per video."""
     from ferens.inference import configure_threads
     from ferens.outputs import check_replaceable, output_folder
-    from ferens.predict import format_summary, predict_images, write_predictions
+    from ferens.predict import (
+        check_some_input_read,
+        format_summary,
+        predict_images,
+        write_predictions,
+    )
     from ferens.shipped import load_model
 
     if every is not None and fps is not None:
@@ -268,7 +278,8 @@ def predict_cmd(
                                annotate_dir=tmp / "annotated" if annotate else None,
                                batch_size=batch_size, backend=backend, detector=detector,
                                min_face=min_face, every=every, fps=fps,
-                               detect_every=detect_every)
+                               detect_every=detect_every, confidence=confidence)
+        check_some_input_read(frame)
         write_predictions(frame, tmp, loaded)
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     print(format_summary(frame))
