@@ -29,6 +29,7 @@ RUN_FILES = {"config.json", "summary.json", "predictions"}
 PREDICTION_FILES = {"val.npz", "test.npz", "train.npz"}
 LEGACY_REPORT_SUFFIXES = {".png", ".html", ".md", ".json"}
 OUTPUT_NAMES = {"bundle": "a bundle written by `ferens export`"}
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, tmpfs, APFS, NTFS)
 PREDICT_FILES = {"predictions.csv", "predictions.json", "annotated", "timelines"}
 
 
@@ -77,6 +78,10 @@ def is_own_output(folder: Path, kind: str) -> bool:
 def check_creatable(path: str | Path) -> None:
     """Refuse a path that cannot be created because a file stands where a folder must be."""
     path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise FerensError(f"{path}: the name {part[:24]}... is {len(os.fsencode(part))} "
+                              f"bytes long; file systems allow {NAME_MAX}: choose a shorter name")
     for parent in path.parents:  # the nearest existing one decides
         if parent.is_dir():
             return

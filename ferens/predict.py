@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ferens.bundle import FACE_SIDE, Bundle
+from ferens.bundle import BACKENDS, FACE_SIDE, Bundle
 from ferens.errors import FerensError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
@@ -339,15 +339,20 @@ def _faces_of(gray: np.ndarray, detector: FaceDetector | None) -> tuple[list[Box
     return boxes, [crop_face(gray, b, detector.margin) for b in boxes]
 
 
+def check_sampling(every: int | None, fps: float | None) -> None:
+    """--every N (frames) or --fps F (a positive, finite rate), checked before any file."""
+    if every is not None and every < 1:
+        raise FerensError(f"--every {every}: expected a whole number of frames >= 1")
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
+        raise FerensError(f"--fps {fps}: expected a positive number of frames per second")
+
+
 def sample_video(path: Path, every: int | None = None, fps: float | None = None
                  ) -> Iterator[tuple[int, float, np.ndarray]]:
     """(frame index, time in s, BGR frame) of the sampled frames, decoded one at a time:
     every ``every``-th frame, else about ``fps`` frames per second (default 5). Frames in
     between are grabbed, not decoded. Raises SkipFile when no frame can be decoded."""
-    if every is not None and every < 1:
-        raise FerensError(f"--every {every}: expected a whole number of frames >= 1")
-    if fps is not None and not fps > 0:
-        raise FerensError(f"--fps {fps}: expected a positive number of frames per second")
+    check_sampling(every, fps)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise SkipFile("not a video", "OpenCV cannot open it (corrupt, empty or not a video)")
@@ -442,6 +447,9 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
         raise FerensError(f"--batch-size {batch_size}: expected at least 1")
     if detect_every < 1:
         raise FerensError(f"--detect-every {detect_every}: expected at least 1")
+    check_sampling(every, fps)  # options are checked before any file, video or not
+    if backend not in BACKENDS:
+        raise FerensError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     files, skipped = expand_inputs([inputs] if isinstance(inputs, str | Path) else inputs)
     finder = face_detector(detector, min_face=min_face) if detect else None
     annotate_dir = Path(annotate_dir) if annotate_dir is not None else None
