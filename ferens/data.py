@@ -18,6 +18,7 @@ import io
 import os
 import re
 import stat
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,13 +56,15 @@ class FerDataset:
     usage: np.ndarray
     row_ids: np.ndarray
     source: Path
+    files: np.ndarray | None = None  # an image folder's files (relative paths), row by row
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, mask: np.ndarray) -> FerDataset:
         return FerDataset(self.images[mask], self.labels[mask], self.usage[mask],
-                          self.row_ids[mask], self.source)
+                          self.row_ids[mask], self.source,
+                          None if self.files is None else self.files[mask])
 
     def split(self, name: str) -> FerDataset:
         """One of ``train``, ``val``, ``test``; an empty split is an error."""
@@ -69,7 +72,8 @@ class FerDataset:
             raise FerensError(f"unknown split {name!r}; expected train, val or test")
         part = self.subset(self.usage == SPLIT_TO_USAGE[name])
         if len(part) == 0:
-            raise FerensError(f"{self.source}: split {name} ({SPLIT_TO_USAGE[name]}) is empty")
+            raise FerensError(f"{self.source}: split {name} ({SPLIT_TO_USAGE[name]}) is empty"
+                              + (folder_split_hint(name) if Path(self.source).is_dir() else ""))
         return part
 
     def class_counts(self) -> np.ndarray:
@@ -94,22 +98,73 @@ def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerDatas
     if path.is_dir():
         return _load_image_folder(path)
     _check_csv_size(path)
-    cache_file = _cache_dir() / f"fer2013-{file_sha256(path)[:16]}.npz" if cache else None
+    folder = _cache_dir() if cache else None
+    cache_file = folder / f"fer2013-{file_sha256(path)[:16]}.npz" if folder else None
     if cache_file is not None and cache_file.is_file():
-        with np.load(cache_file, allow_pickle=False) as z:
-            return FerDataset(z["images"], z["labels"], z["usage"], z["row_ids"], path)
+        cached = _read_cache(cache_file, path)
+        if cached is not None:
+            return cached
     ds = _parse_csv(path)
     if cache_file is not None:
-        from ferens.predictions import atomic_path
-
-        with atomic_path(cache_file, ".npz") as tmp:
-            np.savez(tmp, images=ds.images, labels=ds.labels, usage=ds.usage,
-                     row_ids=ds.row_ids)
+        _write_cache(cache_file, ds)
     return ds
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("FERENS_CACHE", Path.home() / ".cache" / "ferens"))
+# The data cache is optional: when it cannot be used, loading warns once and goes on without it.
+_CACHE_WARNED: set[str] = set()
+
+
+def _cache_warning(text: str) -> None:
+    if text not in _CACHE_WARNED:
+        _CACHE_WARNED.add(text)
+        print(f"ferens: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _cache_dir() -> Path | None:
+    """$FERENS_CACHE, else ~/.cache/ferens; None (no cache) when there is no home folder."""
+    if os.environ.get("FERENS_CACHE"):
+        return Path(os.environ["FERENS_CACHE"])
+    try:
+        return Path.home() / ".cache" / "ferens"
+    except (RuntimeError, KeyError):  # no $HOME and no entry in the password database
+        _cache_warning("no home folder for the data cache; parsing the data without it "
+                       "(set FERENS_CACHE to a writable folder to cache it)")
+        return None
+
+
+def _read_cache(cache_file: Path, source: Path) -> FerDataset | None:
+    """A cache entry, or None after deleting one that is damaged (truncated, half-written),
+    so it is rebuilt now instead of breaking every later run."""
+    try:
+        with np.load(cache_file, allow_pickle=False) as z:
+            ds = FerDataset(z["images"], z["labels"], z["usage"], z["row_ids"], source)
+        n = len(ds.labels)
+        if (ds.images.shape != (n, IMAGE_SIDE, IMAGE_SIDE) or ds.images.dtype != np.uint8
+                or ds.usage.shape != (n,) or ds.row_ids.shape != (n,)):
+            raise ValueError("arrays of the wrong shape")
+        return ds
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError
+        _cache_warning(f"{cache_file}: damaged data cache entry ({type(exc).__name__}); "
+                       "parsing the data again and rebuilding it")
+        try:
+            cache_file.unlink()
+        except OSError:
+            pass
+        return None
+
+
+def _write_cache(cache_file: Path, ds: FerDataset) -> None:
+    """Cache a parsed dataset; a full or read-only disk only costs the cache (one warning)."""
+    from ferens.predictions import atomic_path
+
+    try:
+        with atomic_path(cache_file, ".npz") as tmp:
+            np.savez(tmp, images=ds.images, labels=ds.labels, usage=ds.usage,
+                     row_ids=ds.row_ids)
+    except OSError as exc:
+        _cache_warning(f"cannot write the data cache {cache_file.parent} "
+                       f"({exc.strerror or exc}); going on without it (set FERENS_CACHE to "
+                       "a writable folder to cache the parsed data)")
 
 
 def open_regular(path: Path):
@@ -297,12 +352,27 @@ def _parse_csv_validating(path: Path, raw: bytes) -> FerDataset:
                       np.arange(len(frame), dtype=np.int64), path)
 
 
+FOLDER_SPLITS = {"train": "Training", "val": "PublicTest", "validation": "PublicTest",
+                 "test": "PrivateTest"}
+
+
+def folder_split_hint(split: str) -> str:
+    """How an image folder gives each split its images (the end of an empty-split error)."""
+    usage = SPLIT_TO_USAGE[split]
+    folders = "/".join(k for k, v in FOLDER_SPLITS.items() if v == usage)
+    return (f". An image folder names each image's split by its top folder, "
+            f"train/<class>/, val/<class>/ and test/<class>/ (so {folders}/<class>/*.png for "
+            f"{split}), or by the Kaggle file prefix Training_, PublicTest_, PrivateTest_ "
+            f"({usage}_*.png), which wins over the folder. A train/ + test/ tree whose files "
+            f"lack these prefixes has no val: add a val/ folder (e.g. move a stratified tenth "
+            f"of train/ there), or use fer2013.csv, whose Usage column holds all three splits")
+
+
 def _split_of_file(name: str, top: str) -> str | None:
     for usage in USAGE_TO_SPLIT:
         if name.startswith(usage + "_"):
             return usage
-    return {"train": "Training", "val": "PublicTest", "validation": "PublicTest",
-            "test": "PrivateTest"}.get(top)
+    return FOLDER_SPLITS.get(top)
 
 
 def _load_image_folder(root: Path) -> FerDataset:
@@ -318,12 +388,15 @@ def _load_image_folder(root: Path) -> FerDataset:
                               f"expected one of {sorted(FOLDER_CLASS_NAMES)}")
         split = _split_of_file(path.name, top)
         if split is None:
-            raise FerensError(f"{path}: cannot tell the split (folder {top!r}, no Kaggle prefix)")
+            raise FerensError(f"{path}: cannot tell the split (folder {top!r}, no Kaggle "
+                              f"prefix); name the top folders {sorted(FOLDER_SPLITS)} or prefix "
+                              f"the files {[u + '_' for u in USAGE_TO_SPLIT]}")
         images.append(_read_face_file(path))
         labels.append(FOLDER_CLASS_NAMES[cls])
         usage.append(split)
     return FerDataset(np.stack(images), np.array(labels, dtype=np.int64),
-                      np.array(usage).astype(str), np.arange(len(files), dtype=np.int64), root)
+                      np.array(usage).astype(str), np.arange(len(files), dtype=np.int64), root,
+                      np.array([p.relative_to(root).as_posix() for p in files]).astype(str))
 
 
 def _read_face_file(path: Path) -> np.ndarray:

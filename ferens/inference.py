@@ -27,9 +27,19 @@ from ferens.models import create_member_model
 SHIFT_PIXELS = 2  # the "shift" TTA moves the view this many pixels up, down, left and right
 
 
+MAX_THREADS = 4096
+
+
 def configure_threads(threads: int) -> int:
-    """Set torch's intra-op threads; 0 means $OMP_NUM_THREADS or every core."""
-    chosen = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1)
+    """Set torch's intra-op threads; 0 means $OMP_NUM_THREADS (when it is a positive whole
+    number) or every core."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not (
+            0 <= threads <= MAX_THREADS):
+        raise FerensError(f"--threads {threads!r}: expected 0 (= $OMP_NUM_THREADS or all "
+                          f"cores) or a number of threads up to {MAX_THREADS}")
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    from_env = int(env) if env.isdigit() and 0 < int(env) <= MAX_THREADS else 0
+    chosen = threads or from_env or (os.cpu_count() or 1)
     torch.set_num_threads(chosen)
     return chosen
 

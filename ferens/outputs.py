@@ -48,6 +48,7 @@ OUTPUT_NAMES = {"bundle": "a bundle written by `ferens export`",
 WORK_MARK = "ferens-work.json"  # inside a work folder: proof that ferens made it
 LOCK_SUFFIX = ".ferens-lock"
 _MKDTEMP_TAIL = r"[a-z0-9_]{8}"  # tempfile's random part
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, tmpfs, APFS, NTFS)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -119,6 +120,10 @@ def is_own_output(folder: Path, kind: str) -> bool:
 def check_creatable(path: str | Path) -> None:
     """Refuse a path that cannot be created because a file stands where a folder must be."""
     path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise FerensError(f"{path}: the name {part[:24]}... is {len(os.fsencode(part))} "
+                              f"bytes long; file systems allow {NAME_MAX}: choose a shorter name")
     for parent in path.parents:  # the nearest existing one decides
         if parent.is_dir():
             return

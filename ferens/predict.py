@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ferens.bundle import Bundle
+from ferens.bundle import BACKENDS, Bundle
 from ferens.errors import FerensError
 from ferens.faces import MTCNN_HINT, Box, FaceDetector, crop_face, face_detector, to_face
 
@@ -234,6 +234,14 @@ def _faces_of(image: np.ndarray, detector: FaceDetector | None) -> tuple[list[Bo
     return boxes, [crop_face(gray, b, detector.rule) for b in boxes]
 
 
+def check_sampling(every: int | None, fps: float | None) -> None:
+    """--every N (frames) or --fps F (a positive, finite rate), checked before any file."""
+    if every is not None and every < 1:
+        raise FerensError(f"--every {every}: expected a whole number of frames >= 1")
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
+        raise FerensError(f"--fps {fps}: expected a positive number of frames per second")
+
+
 def sample_video(path: Path, every: int | None = None, fps: float | None = None,
                  stats: dict | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
     """(frame index, time in s, BGR frame) of the sampled frames, decoded one at a time:
@@ -241,10 +249,7 @@ def sample_video(path: Path, every: int | None = None, fps: float | None = None,
     between are grabbed, not decoded. Raises SkipFile when no frame can be decoded. Once read,
     ``stats`` holds the video's ``frames`` (all of them, sampled or not), ``fps`` and
     ``duration_s``."""
-    if every is not None and every < 1:
-        raise FerensError(f"--every {every}: expected a whole number of frames >= 1")
-    if fps is not None and not fps > 0:
-        raise FerensError(f"--fps {fps}: expected a positive number of frames per second")
+    check_sampling(every, fps)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise SkipFile("not a video", "OpenCV cannot open it (corrupt, empty or not a video)")
@@ -349,6 +354,9 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
         raise FerensError(f"--batch-size {batch_size}: expected at least 1")
     if detect_every < 1:
         raise FerensError(f"--detect-every {detect_every}: expected at least 1")
+    check_sampling(every, fps)  # options are checked before any file, video or not
+    if backend not in BACKENDS:
+        raise FerensError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     files, skipped = expand_inputs([inputs] if isinstance(inputs, str | Path) else inputs)
     finder = (face_detector(detector, min_face=min_face, confidence=confidence) if detect
               else None)

@@ -34,7 +34,7 @@ from pathlib import Path
 from ferens.adjust import SELECT
 from ferens.children import die_with_parent, sigterm_interrupts
 from ferens.children import stop as stop_children
-from ferens.config import NAME_PATTERN, TrainConfig, config_differences
+from ferens.config import NAME_PATTERN, TrainConfig, config_differences, read_text
 from ferens.ensemble import METHODS as ALL_METHODS
 from ferens.errors import FerensError
 from ferens.outputs import check_creatable, folder_lock, output_folder
@@ -93,10 +93,9 @@ class Study:
 def load_study(path: str | Path) -> Study:
     """Parse ``[study]``, ``[defaults]`` and ``[[members]]`` tables into typed configs."""
     path = Path(path)
-    if not path.is_file():
-        raise FerensError(f"{path}: study file not found")
+    text = read_text(path, "study file")
     try:
-        spec = tomllib.loads(path.read_text())
+        spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise FerensError(f"{path}: cannot parse TOML ({exc})") from None
     head, defaults, entries, group_tables = _check_tables(spec, path)
@@ -200,6 +199,8 @@ def _check_tables(spec: dict, path: Path) -> tuple[dict, dict, list, list]:
               if kind is float else isinstance(value, kind))
         ok = ok and not isinstance(value, bool) and not (kind is int and value < 0)
         ok = ok and not (kind is list and not all(isinstance(v, str) for v in value))
+        ok = ok and "\x00" not in (value if isinstance(value, str) else
+                                   "".join(value) if kind is list else "")
         if not ok:
             raise FerensError(f"{path}: [study] {key}={value!r}: expected {expected}")
     if "ray" in spec:  # checked here too, so a typo in [ray] is never silently ignored
@@ -494,6 +495,10 @@ def run_study(path: str | Path, lanes: int | None = None, train: bool = True,
     Ray backend, then ensemble and report; safe to re-run at any point."""
     if backend not in BACKENDS:
         raise FerensError(f"--backend {backend!r}: expected one of {list(BACKENDS)}")
+    if lanes is not None and not 0 <= lanes <= 4096:
+        raise FerensError(f"--lanes {lanes}: expected 0 (one per core) or a number of lanes")
+    if threads is not None and not 1 <= threads <= 4096:
+        raise FerensError(f"--threads {threads}: expected a number of threads from 1 to 4096")
     if backend != "ray" and address:
         raise FerensError("--address names a Ray cluster; it needs --backend ray")
     if backend == "ray" and lanes is not None:

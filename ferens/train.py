@@ -356,14 +356,16 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _check_run_dir(cfg: TrainConfig, resume: bool) -> Path:
-    """Refuse to start over an existing run, or to resume it with another config."""
+def _check_run_dir(cfg: TrainConfig, resume: bool, name_from: str = "") -> Path:
+    """Refuse to start over an existing run, or to resume it with another config;
+    ``name_from`` says where the run's name came from (for the message)."""
     run_dir = cfg.run_dir
     saved = run_dir / "config.json"
     if saved.is_file():
         if not resume:
-            raise FerensError(f"{run_dir} already exists; pass --resume to continue it "
-                              "or choose another --name")
+            origin = f" (name {cfg.name!r}: {name_from})" if name_from else ""
+            raise FerensError(f"{run_dir} already exists{origin}; pass --resume to continue "
+                              "it or choose another --name")
         diffs = config_differences(TrainConfig.load(saved), cfg, ignore=RESUMABLE_FIELDS)
         if diffs:
             raise FerensError(f"{saved}: cannot resume with a different config: "
@@ -371,17 +373,25 @@ def _check_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     return run_dir
 
 
-def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> dict:
+def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = True,
+                 name_from: str = "", name_derived: bool = False) -> dict:
     """Train (or resume) one member and write its run folder; returns the summary.
 
     Data, device and targets are checked before anything is written, so a failed command
-    leaves no run folder behind to block the corrected one."""
+    leaves no run folder behind to block the corrected one. ``name_from`` (e.g. "from
+    --config x.toml") is named when an existing run refuses the name."""
     with folder_lock(cfg.run_dir):  # two writers on one run folder would corrupt it
-        return _train_member(cfg, resume, show_progress)
+        return _train_member(cfg, resume, show_progress, name_from, name_derived)
 
 
-def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
-    run_dir = _check_run_dir(cfg, resume)
+def _say(show: bool, text: str) -> None:
+    if show:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool,
+                  name_from: str = "", name_derived: bool = False) -> dict:
+    run_dir = _check_run_dir(cfg, resume, name_from)
     if resume and (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
     threads = configure_threads(cfg.threads)
@@ -393,6 +403,9 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
     splits = load_splits(cfg)
     digest = data_sha256(splits)
     train = splits["train"]
+    _say(show_progress, f"data {splits['train'].source}: " + ", ".join(
+        f"{name} {len(part)} rows" for name, part in splits.items())
+        + f"; {cfg.epochs} epoch(s) of {cfg.model} on {device.type} -> {run_dir}")
     parts = build_parts(cfg, train, device)
     state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
     if state.data_sha256 not in (None, digest):
@@ -400,6 +413,8 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
                           "differs: other rows, labels or images); resume with the same data, "
                           "or start a new run with another --name")
     state.data_sha256 = digest
+    if name_derived:  # said once the inputs are checked, so an error stays one line
+        print(f"run name {cfg.name!r} ({name_from}): writing {run_dir}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
     if state.epoch:
@@ -433,6 +448,9 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
         state.stopped_early = bool(cfg.patience
                                    and state.epochs_without_improvement >= cfg.patience)
         save_checkpoint(run_dir, parts, state)
+    _say(show_progress, "training done: predicting "
+         f"{'val, test and train' if cfg.engine >= 2 else 'val and test'} with the best epoch "
+         f"({state.best_epoch}, tta {cfg.tta}) and scoring every TTA mode for summary.json")
     return finish_run(run_dir, cfg, parts, splits, state, threads)
 
 
@@ -468,7 +486,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
         part = splits[split]
         preds = Predictions(predict_logits(model, part.images, cfg, device,
                                            precision=parts.precision),
-                            part.labels, part.row_ids, CLASS_NAMES)
+                            part.labels, part.row_ids, CLASS_NAMES, part.files)
         save_predictions(run_dir / "predictions" / f"{split}.npz", preds)
         if split != "train":
             summary[split] = split_metrics(preds)

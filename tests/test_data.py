@@ -271,8 +271,9 @@ def test_an_image_folder_with_one_decompression_bomb_is_one_line(tmp_path, monke
     with pytest.raises(FerensError, match=r"Training_bomb.png: image is 10000x10000"):
         load_fer2013(tmp_path / "faces")  # under PIL's own limit: refused from its header
     assert (10000, 10000) not in decoded
-    code, _, err = run_cli(["train-member", "--data", tmp_path / "faces", "--out-dir",
-                            tmp_path / "runs", "--epochs", "1", "--quiet"], monkeypatch, capsys)
+    code, _, err = run_cli(["train-member", "--name", "m", "--data", tmp_path / "faces",
+                            "--out-dir", tmp_path / "runs", "--epochs", "1", "--quiet"],
+                           monkeypatch, capsys)
     assert code == 2 and err.startswith("ferens: error:") and err.count("\n") == 1, err
 
 
