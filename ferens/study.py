@@ -308,11 +308,27 @@ def member_command(spec: Path, slot: Slot) -> list[str]:
     return cmd
 
 
+# tcmalloc (Debian's libtcmalloc-minimal4) gives the training children bit-identical results and
+# more images per CPU-second (results/README.md, study v3 throughput); used when installed.
+ALLOCATOR_ENV = "FERENS_ALLOCATOR"  # "system" keeps the C library's malloc
+
+
+def allocator_env(env: dict, machine: str | None = None, root: str = "/") -> dict:
+    """The LD_PRELOAD a training child gets: tcmalloc when installed, unless the user set
+    LD_PRELOAD or FERENS_ALLOCATOR=system; nothing otherwise."""
+    if env.get("LD_PRELOAD") or env.get(ALLOCATOR_ENV, "tcmalloc") == "system":
+        return {}
+    lib = (Path(root) / "usr/lib" / f"{machine or os.uname().machine}-linux-gnu"
+           / "libtcmalloc_minimal.so.4")
+    return {"LD_PRELOAD": str(lib)} if lib.is_file() else {}
+
+
 def _launch(cfg: TrainConfig, slot: Slot) -> subprocess.Popen:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     spec = cfg.run_dir.parent / f"{cfg.name}.study.json"
     write_json(spec, cfg.to_dict())
     env = os.environ | {"OMP_NUM_THREADS": str(slot.threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    env |= allocator_env(env)
     if slot.gpu is not None:  # the child sees only its own GPU, as cuda:0
         env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
     with open(_log_path(cfg), "a") as log:  # the child keeps its copy

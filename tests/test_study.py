@@ -312,3 +312,16 @@ def test_collecting_a_member_never_overwrites_files_ferens_did_not_write(tmp_pat
     assert (dest / "notes.md").read_text() == "my notes"
     assert json.loads((dest / "summary.json").read_text()) == {"version": 2}
     assert sorted(p.name for p in (results / "members").iterdir()) == ["m"]
+
+
+def test_training_children_get_tcmalloc_when_installed_unless_told_otherwise(tmp_path):
+    from ferens.study import allocator_env
+
+    lib = tmp_path / "usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+    root = str(tmp_path)
+    assert allocator_env({}, "x86_64", root) == {}  # not installed: the system malloc
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"")
+    assert allocator_env({}, "x86_64", root) == {"LD_PRELOAD": str(lib)}
+    assert allocator_env({"FERENS_ALLOCATOR": "system"}, "x86_64", root) == {}
+    assert allocator_env({"LD_PRELOAD": "/mine.so"}, "x86_64", root) == {}  # the user's wins
