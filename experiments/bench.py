@@ -559,6 +559,7 @@ def recipe_logits(ns: argparse.Namespace) -> dict:
     'the same numbers' is judged on (saved to ns.save)."""
     import torch
 
+    from ferens.data import load_fer2013
     from ferens.inference import predict_logits
     from ferens.loader import TrainLoader
     from ferens.train import train_one_epoch
@@ -568,16 +569,10 @@ def recipe_logits(ns: argparse.Namespace) -> dict:
     loader = TrainLoader(train.images, train.labels, cfg, cpu)
     for epoch in (1, 2):
         train_one_epoch(parts, loader, cfg, epoch, False)
-    val = load_fer2013_split("val")
+    val = load_fer2013(DATA).split("val")
     logits = predict_logits(parts.model, val.images, cfg, cpu, tta="flip")
     np.save(ns.save, logits)
     return {"saved": ns.save}
-
-
-def load_fer2013_split(split: str):
-    from ferens.data import load_fer2013
-
-    return load_fer2013(DATA).split(split)
 
 
 def _variant_args(variant: dict) -> list[str]:

@@ -20,14 +20,14 @@ import torch
 from torch import nn
 
 from ferens.augment import apply, eval_pipeline
-from ferens.config import TrainConfig
+from ferens.config import RANGES, TrainConfig
 from ferens.errors import FerensError
 from ferens.models import create_member_model
 
 SHIFT_PIXELS = 2  # the "shift" TTA moves the view this many pixels up, down, left and right
 
 
-MAX_THREADS = 4096
+MAX_THREADS = RANGES["threads"][1]  # the config's bound, one number for every thread option
 
 
 def configure_threads(threads: int) -> int:

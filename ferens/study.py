@@ -34,7 +34,7 @@ from pathlib import Path
 from ferens.adjust import SELECT
 from ferens.children import die_with_parent, sigterm_interrupts
 from ferens.children import stop as stop_children
-from ferens.config import NAME_PATTERN, TrainConfig, config_differences, read_text
+from ferens.config import NAME_PATTERN, RANGES, TrainConfig, config_differences, read_text
 from ferens.ensemble import METHODS as ALL_METHODS
 from ferens.errors import FerensError
 from ferens.outputs import check_creatable, folder_lock, output_folder
@@ -511,10 +511,11 @@ def run_study(path: str | Path, lanes: int | None = None, train: bool = True,
     Ray backend, then ensemble and report; safe to re-run at any point."""
     if backend not in BACKENDS:
         raise FerensError(f"--backend {backend!r}: expected one of {list(BACKENDS)}")
-    if lanes is not None and not 0 <= lanes <= 4096:
+    most = RANGES["threads"][1]
+    if lanes is not None and not 0 <= lanes <= most:
         raise FerensError(f"--lanes {lanes}: expected 0 (one per core) or a number of lanes")
-    if threads is not None and not 1 <= threads <= 4096:
-        raise FerensError(f"--threads {threads}: expected a number of threads from 1 to 4096")
+    if threads is not None and not 1 <= threads <= most:
+        raise FerensError(f"--threads {threads}: expected a number of threads from 1 to {most}")
     if backend != "ray" and address:
         raise FerensError("--address names a Ray cluster; it needs --backend ray")
     if backend == "ray" and lanes is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -102,4 +103,12 @@ def png_bomb(path: Path, width: int, height: int) -> Path:
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
                      + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def face_png(tmp_path_factory) -> Path:
+    """A flat grey 48x48 PNG face (predict with --no-detect)."""
+    path = tmp_path_factory.mktemp("face") / "face.png"
+    cv2.imwrite(str(path), np.full((48, 48), 100, np.uint8))
     return path

@@ -16,6 +16,7 @@ import pytest
 from conftest import fer_rows, run_cli, write_fer_csv
 from test_ensemble import complementary_members
 from test_predict import tiny_member
+from test_safety import _predict
 
 from ferens import outputs
 from ferens.bundle import export_bundle
@@ -39,17 +40,6 @@ def member(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bundle(member, tmp_path_factory) -> Path:
     return export_bundle(member, tmp_path_factory.mktemp("bundle") / "b.ferens")
-
-
-@pytest.fixture(scope="module")
-def face_png(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("face") / "face.png"
-    cv2.imwrite(str(path), np.full((48, 48), 100, np.uint8))
-    return path
-
-
-def _predict(bundle: Path, face: Path, out: Path, *extra) -> list:
-    return ["predict", face, "--model", bundle, "--no-detect", "--out", out, *extra]
 
 
 def _last_line_error(code: int, err: str) -> str:

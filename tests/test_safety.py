@@ -148,13 +148,6 @@ def _one_line_error(code: int, err: str) -> None:
     assert err.startswith("ferens: error:") and err.count("\n") == 1, err
 
 
-@pytest.fixture(scope="module")
-def face_png(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("face") / "face.png"
-    cv2.imwrite(str(path), np.full((48, 48), 100, np.uint8))
-    return path
-
-
 def _predict(bundle: Path, face: Path, out: Path, *extra) -> list:
     return ["predict", face, "--model", bundle, "--no-detect", "--out", out, *extra]
 
