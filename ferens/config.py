@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ferens.augment import AUGMENTATIONS
+from ferens.augment import AUGMENTATIONS, TORCH_AUGMENTATIONS
 from ferens.errors import FerensError
 from ferens.models import STEMS
 
@@ -160,11 +160,19 @@ class TrainConfig:
         if self.ferplus_soft and self.labels == "ferplus":
             raise FerensError("ferplus_soft mixes FER+ votes into FER2013 labels; it cannot be "
                               "combined with labels=ferplus")
+        if self.batch_augmented and (self.engine < 2 or self.augment_override):
+            raise FerensError(f"augment={self.augment!r} (whole batches in torch, on the "
+                              "training device) needs engine=2 and no augment_override")
         if self.engine == 1 and (self.workers or self.uses_new_recipe_features
                                  or self.select_tta != "auto"):
             raise FerensError("engine=1 reproduces v1 runs only: it has no loader workers, EMA, "
                               "mixing, alternating flip, FER+ soft targets, teacher or "
                               "select_tta")
+
+    @property
+    def batch_augmented(self) -> bool:
+        """Augmented in torch on whole batches on the training device (no loader workers)."""
+        return self.augment in TORCH_AUGMENTATIONS
 
     @property
     def uses_new_recipe_features(self) -> bool:
