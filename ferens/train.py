@@ -235,13 +235,38 @@ def one_hot_tensor(y: torch.Tensor) -> torch.Tensor:
     return nn.functional.one_hot(y, NUM_CLASSES).float()
 
 
+def train_step(parts: TrainingParts, cfg: TrainConfig, epoch: int, images: torch.Tensor,
+               idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step on one loader batch; returns (loss, logits, labels) on the device.
+
+    The batch's indices are read on the host (for the mixing seed) before they are copied, so
+    the step never waits for the device."""
+    # a DeviceLoader's batches are already augmented, scaled and on the device
+    x = images if images.is_floating_point() else to_tensor(images, parts.device,
+                                                             cfg.channels_last)
+    mix_seed = sample_seed(cfg.seed, epoch, int(idx[0])) ^ 0x5EED  # idx is on the host
+    idx = idx.to(parts.device, non_blocking=True)
+    loss, logits, y = _step_loss(parts, cfg, x, idx, mix_seed)
+    parts.optimizer.zero_grad(set_to_none=True)
+    if parts.scaler is not None:
+        parts.scaler.scale(loss).backward()
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+    else:
+        loss.backward()
+        parts.optimizer.step()
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update(parts.model, step=parts.scheduler.last_epoch)
+    return loss, logits, y
+
+
 def train_one_epoch(parts: TrainingParts, loader: TrainLoader | DeviceLoader, cfg: TrainConfig,
                     epoch: int, show_progress: bool = True) -> dict:
     """One pass over the deterministic (seed, epoch) order of the training set.
 
     Loss and accuracy accumulate on the device; the host reads them only every
-    ``PROGRESS_EVERY`` steps, and the batch's indices are read on the host before they are
-    copied, so a GPU is never stalled by a per-step synchronisation."""
+    ``PROGRESS_EVERY`` steps, so a GPU is never stalled by a per-step synchronisation."""
     torch.manual_seed(epoch_seed(cfg.seed, epoch))
     parts.model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=parts.device)
@@ -249,23 +274,7 @@ def train_one_epoch(parts: TrainingParts, loader: TrainLoader | DeviceLoader, cf
     seen, start = 0, time.perf_counter()
     progress = Progress(epoch, cfg.epochs, len(loader.batches.labels), show_progress)
     for step, (images, idx) in enumerate(loader.epoch(epoch), start=1):
-        # a DeviceLoader's batches are already augmented, scaled and on the device
-        x = (images if images.is_floating_point()
-             else to_tensor(images, parts.device, cfg.channels_last))
-        mix_seed = sample_seed(cfg.seed, epoch, int(idx[0])) ^ 0x5EED  # idx is on the host
-        idx = idx.to(parts.device, non_blocking=True)
-        loss, logits, y = _step_loss(parts, cfg, x, idx, mix_seed)
-        parts.optimizer.zero_grad(set_to_none=True)
-        if parts.scaler is not None:
-            parts.scaler.scale(loss).backward()
-            parts.scaler.step(parts.optimizer)
-            parts.scaler.update()
-        else:
-            loss.backward()
-            parts.optimizer.step()
-        parts.scheduler.step()
-        if parts.ema is not None:
-            parts.ema.update(parts.model, step=parts.scheduler.last_epoch)
+        loss, logits, y = train_step(parts, cfg, epoch, images, idx)
         n = len(idx)
         total_loss += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum()
