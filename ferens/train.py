@@ -522,7 +522,9 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool, name_from
         score = row["val_" + cfg.early_stop_metric]
         if score > state.best_score:
             state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
-            best_weights = _state_dict(parts.eval_model)
+            best_weights = {k: v.detach().to("cpu", copy=True,  # a copy on the CPU too
+                                             memory_format=torch.contiguous_format)
+                            for k, v in parts.eval_model.state_dict().items()}
         else:
             state.epochs_without_improvement += 1
         write_metrics(run_dir / "metrics.csv", state.rows)

@@ -78,7 +78,7 @@ def test_the_erased_box_is_zero_in_the_output():
 
 
 def _loader(**overrides) -> DeviceLoader:
-    cfg = TrainConfig(augment="torch-strong", crop_size=44, batch_size=16, **overrides)
+    cfg = TrainConfig(**(dict(augment="torch-strong", crop_size=44, batch_size=16) | overrides))
     labels = np.arange(len(FACES)) % 7
     return DeviceLoader(FACES, labels, cfg, torch.device("cpu"))
 

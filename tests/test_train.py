@@ -284,6 +284,27 @@ def test_checkpoints_follow_the_interval_and_the_last_epoch_always_checkpoints(
     assert saved == [1, 2, 3]  # on the CPU, every epoch
 
 
+def test_the_best_weights_are_the_best_epochs_when_checkpoints_are_sparse(
+        tiny_csv, tmp_path, monkeypatch):
+    """Between checkpoints the best epoch's weights wait in memory: they must be a copy, not
+    the live (CPU) parameters that later epochs keep changing."""
+    real = train_module.evaluate
+    after = {}
+
+    def evaluate(parts, split, cfg):  # epoch 1 scores best; remember each epoch's weights
+        epoch = len(after) + 1
+        after[epoch] = {k: v.detach().clone() for k, v in parts.eval_model.state_dict().items()}
+        return real(parts, split, cfg) | {"val_accuracy": 1.0 / epoch}
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    monkeypatch.setenv("FERENS_CHECKPOINT_SECONDS", "3600")  # only after the last epoch
+    cfg = _config(tiny_csv, tmp_path, epochs=3, early_stop_metric="accuracy")
+    assert train_member(cfg, show_progress=False)["best_epoch"] == 1
+    best = load_file(str(cfg.run_dir / "best.safetensors"))
+    assert all(torch.equal(best[k], after[1][k]) for k in best)
+    assert not all(torch.equal(best[k], after[3][k]) for k in best)
+
+
 def test_optimizer_state_is_read_on_the_cpu(tiny_csv, tmp_path, monkeypatch):
     loads = []
     real = torch.load
