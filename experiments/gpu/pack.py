@@ -392,23 +392,50 @@ def status(repo: Path, carry: Path, limit: int = CALL_LIMIT, study: Path = DEFAU
           f" a call sends {tree / MIB:.2f} MiB of tree")
     fits = calls_needed(tree, sizes, limit) if sizes else None
     if sizes:
+        slimmed = slim_tree_size(repo, study) if not state else tree
+        verdict = (f"{len(sizes)} call(s) fit" if fits else
+                   "they fit once the index is slimmed (run pack.py)"
+                   if calls_needed(slimmed, sizes, limit) else "they no longer fit; pack again")
         print(f"pack: {len(sizes)} packed part(s) of "
-              + ", ".join(f"{s / MIB:.2f}" for s in sizes) + " MiB: "
-              + (f"{len(sizes)} call(s) fit" if fits else "they no longer fit; pack again"))
+              + ", ".join(f"{s / MIB:.2f}" for s in sizes) + f" MiB: {verdict}")
     else:
         print("pack: no parts packed yet (run pack.py)")
     return {"tree": tree, "slim": bool(state), "parts": sizes, "fits": fits}
 
 
+def archive_pieces(archive: Path) -> list[Path]:
+    """The files that make up a results archive: itself, or, when session.sh split it (a file
+    back from the device is at most 16 MiB), its pieces NAME.0, NAME.1, ... in order, given
+    the first."""
+    if not archive.name.endswith(".0"):
+        return [archive]
+    stem, pieces = archive.name[:-2], []
+    while (archive.parent / f"{stem}.{len(pieces)}").is_file():
+        pieces.append(archive.parent / f"{stem}.{len(pieces)}")
+    if not pieces:
+        fail(f"{archive}: no such file")
+    later = [p.name for p in archive.parent.glob(f"{stem}.*")
+             if p.name[len(stem) + 1:].isdigit() and p not in pieces]
+    if later:
+        fail(f"{archive}: pieces {sorted(later)} come after a missing one; are all back?")
+    return pieces
+
+
 def import_results(repo: Path, carry: Path, archive: Path) -> list[str]:
     """Restore the index if slimmed, then copy the results folders in a session's
-    ferens-gpu-results.tar.gz into the repo; returns the folders copied."""
+    ferens-gpu-results.tar.gz (or its first piece, .0) into the repo; returns the folders
+    copied."""
     restore(repo, carry)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")
-        except (OSError, tarfile.TarError) as exc:
+            with tempfile.TemporaryFile() as joined:
+                for piece in archive_pieces(archive):
+                    with open(piece, "rb") as fh:
+                        shutil.copyfileobj(fh, joined)
+                joined.seek(0)
+                with tarfile.open(fileobj=joined) as tar:
+                    tar.extractall(tmp, filter="data")
+        except (OSError, tarfile.TarError, EOFError) as exc:
             fail(f"{archive}: cannot read ({exc})")
         found = sorted(p for p in (Path(tmp) / RESULTS).glob("*") if p.is_dir())
         if not found:

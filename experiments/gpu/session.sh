@@ -11,9 +11,11 @@
 # Without MEMBERs the timing stage chooses, in the study's order, those that fit the time left.
 # Stages: env (10), data (11), tests (12), timing (13), train (14; 15 when the hard stop had to
 # kill it). A failing stage prints "STAGE <name> FAILED", leaves markers/<name>.failed and the
-# session exits with its code, never 0 and never 124; the tests stage alone lets training go
-# on (its code is still the exit code). Every stage's log is in $OUT/session.log as it is
-# written, and the results archive is written whatever happened.
+# session exits with its code, never 0 and never 124. Only the tests and timing stages let
+# training go on (their code is still the exit code): without timing numbers the first
+# unfinished member trains, stopped in time by its deadline. Every stage's log is in
+# $OUT/session.log as it is written, and the results archive is written whatever happened
+# (split into 15 MiB pieces, .0 .1 ..., should it ever pass the tool's 16 MiB a file).
 #
 # Comes back in $OUT: session.log, env.txt, cuda-tests.log, timing.md, timing.json and
 # ferens-gpu-results.tar.gz (the study's results_dir: members' config.json, metrics.csv,
@@ -31,13 +33,16 @@
 #   FERENS_GPU_WORK      unpacked data, cache, runs and logs [/tmp/ferens-gpu]
 #   FERENS_GPU_SITE      where carried wheels are installed [/tmp/site]
 #   FERENS_GPU_TESTS     0 skips the CUDA tests [1]; FERENS_GPU_TESTS_TIMEOUT [150]
-#   FERENS_GPU_TIMING_TIMEOUT [150]; FERENS_GPU_LOADER_WORKERS worker counts timed ["0,8"];
+#   FERENS_GPU_TIMING_TIMEOUT [150]; FERENS_GPU_TIMING_MIN_LEFT: a `train` call on a machine
+#                        without timing numbers times only with this many seconds left [300];
+#   FERENS_GPU_LOADER_WORKERS worker counts timed ["0,8"];
 #   FERENS_GPU_TIMING_STEPS steps timed per member [20]; FERENS_GPU_MEMBERS "A B ..." the
 #                        members timed and chosen from, in priority order [all of the study]
 #   FERENS_GPU_STUDY     [experiments/study_gpu.toml]
 #   FERENS_GPU_SET       "key=value ..." set on every member: a trial, whose results go to
 #                        <results_dir>-trial and runs to runs-trial, never mixed with real ones
 #   FERENS_GPU_REPLACE   "key=value ..." in a trial, set only where the study sets key
+#   FERENS_GPU_PIECE_BYTES the archive is split into pieces of at most this [15 MiB]
 set -uo pipefail
 
 STAGE=${1:-}
@@ -54,6 +59,8 @@ REPO=$PWD
 KIT="$REPO/experiments/gpu/kit.py"
 TIMING="$REPO/experiments/gpu/timing.py"
 ARCHIVE=ferens-gpu-results.tar.gz
+TIMING_MIN_LEFT=${FERENS_GPU_TIMING_MIN_LEFT:-300}  # a train call times only with this left
+PIECE=${FERENS_GPU_PIECE_BYTES:-15728640}  # 15 MiB: each file back from $OUT is at most 16 MiB
 START=$(date +%s)
 END=$((START + BUDGET))
 MEMBER_DEADLINE=$((END - RESERVE))
@@ -82,6 +89,7 @@ run_stage() {  # run_stage NAME CODE COMMAND...: markers, timing and a loud fail
     return 0
   fi
   echo "exit $rc after $(( $(date +%s) - t0 )) s" > "$MARK/$name.failed"
+  [ "$name" = train ] && [ "$rc" = 15 ] && code=15  # the hard stop's own code
   say "STAGE $name FAILED (exit $rc after $(( $(date +%s) - t0 )) s): session code $code"
   return "$code"
 }
@@ -145,9 +153,12 @@ timing_stage() {  # timing_stage [MEMBER...]: the members to time (default: all,
   limit=$(cap "${FERENS_GPU_TIMING_TIMEOUT:-150}" "$MEMBER_DEADLINE" 20)
   [ "$limit" -gt 10 ] || { say "no time left to time the members"; return 1; }
   # the budget is what is left once timing is done: measured on the way, read by choose
+  # members are timed while they fit in the limit (less the process's start); each one's
+  # numbers are saved as soon as they are measured, so a kill keeps those
+  rm -f "$WORK/timing.json" "$WORK/timing.md"
   timeout -k 10 "$limit" "$PY" "$TIMING" measure "$RUN_STUDY" \
     --out "$WORK/timing.json" --md "$WORK/timing.md" --members "${members[@]}" \
-    --steps "${FERENS_GPU_TIMING_STEPS:-20}" \
+    --steps "${FERENS_GPU_TIMING_STEPS:-20}" --seconds "$(( limit > 40 ? limit - 30 : 10 ))" \
     --loader-workers "${FERENS_GPU_LOADER_WORKERS:-0,8}" > "$WORK/logs/timing.out"
   local rc=$?
   cat "$WORK/logs/timing.out"
@@ -180,9 +191,13 @@ train_stage() {  # train_stage [MEMBER...]
   local members=("$@") chosen rc hard
   [ -f "$MARK/data.ok" ] || { say "no verified data on this machine: the data stage failed"; return 1; }
   if [ ${#members[@]} = 0 ]; then
+    # from the timing numbers; without them (the timing stage failed) the first unfinished
+    # member, which the graceful deadline stops in time
+    local among=()
+    read -ra among <<< "${FERENS_GPU_MEMBERS:-}"
     chosen=$("$PY" "$TIMING" choose "$WORK/timing.json" --budget "$(left "$MEMBER_DEADLINE")" \
-      --study "$RUN_STUDY" --md "$WORK/timing.md") || return 1
-    for f in timing.json timing.md; do cp "$WORK/$f" "$OUT/$f"; done
+      --study "$RUN_STUDY" --md "$WORK/timing.md" --members "${among[@]}") || return 1
+    for f in timing.json timing.md; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"; done
     read -ra members <<< "$chosen"
     [ ${#members[@]} = 0 ] && { say "every member has finished: nothing to train"; return 0; }
   fi
@@ -225,6 +240,11 @@ finish() {  # finish CODE: the archive, the verdict, the exit code
   snapshot "$OUT/$ARCHIVE" final
   rm -f "$OUT/progress.tar.gz" "$OUT"/*.tmp
   say "wrote $OUT/$ARCHIVE ($(du -h "$OUT/$ARCHIVE" | cut -f1))"
+  if [ "$(stat -c %s "$OUT/$ARCHIVE")" -gt "$PIECE" ]; then  # the tool drops files over 16 MiB
+    split -b "$PIECE" -d -a 1 "$OUT/$ARCHIVE" "$OUT/$ARCHIVE." && rm -f "$OUT/$ARCHIVE"
+    say "split it into $(ls "$OUT/$ARCHIVE".* | wc -l) pieces of at most $PIECE bytes" \
+        "($ARCHIVE.0, .1, ...; pack.py --import takes the first)"
+  fi
   local verdict=""
   for s in env data tests timing train; do
     if [ -f "$MARK/$s.ok" ]; then verdict+=" $s=ok"; elif [ -f "$MARK/$s.failed" ]; then verdict+=" $s=FAILED"; fi
@@ -246,8 +266,13 @@ main() {
       if [ "$STAGE" = all ]; then
         run_stage tests 12 tests_stage || code=12
       fi
-      if [ "$STAGE" = all ] || [ ! -f "$WORK/timing.json" ]; then
-        run_stage timing 13 timing_stage "$@" || { finish 13; return; }
+      if [ "$STAGE" = train ] && [ ! -f "$WORK/timing.json" ] \
+          && [ "$(left "$MEMBER_DEADLINE")" -lt "$TIMING_MIN_LEFT" ]; then
+        say "no timing numbers on this machine (a fresh one?) and under ${TIMING_MIN_LEFT} s" \
+            "left: not timing; the first unfinished member trains, untimed"
+      elif [ "$STAGE" = all ] || [ ! -f "$WORK/timing.json" ]; then
+        # without numbers the train stage still trains the first member (deadline-safe)
+        run_stage timing 13 timing_stage "$@" || code=13
       fi
       run_stage train 14 train_stage "$@"
       local rc=$?

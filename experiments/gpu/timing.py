@@ -213,8 +213,15 @@ def estimate_seconds(costs: dict, startup: float, done_epochs: int = 0) -> float
 
 
 def measure(study_path: Path, names: list[str] | None = None,
-            loader_workers: tuple[int, ...] = (0, 8), steps: int = STEPS) -> dict:
-    """Every measurement for the members (all, or ``names``, in the study's order)."""
+            loader_workers: tuple[int, ...] = (0, 8), steps: int = STEPS,
+            seconds: float | None = None, save=None) -> dict:
+    """Every measurement for the members (all, or ``names``, in the study's order).
+
+    With ``seconds``, a member is timed only while the time spent so far plus the slowest
+    member timed so far fits in it (the first member always is); the rest are recorded as
+    not timed, so a tight call spends its time training rather than timing. ``save`` (a
+    callable) receives the numbers after every member, so a killed run leaves what it had."""
+    began = time.perf_counter()
     import torch
 
     from ferens.inference import configure_threads, select_device
@@ -253,7 +260,14 @@ def measure(study_path: Path, names: list[str] | None = None,
                      for w in (-1, *loader_workers)]
     out["members"] = {}
     reference = None  # (real epoch seconds / (batches x step seconds)) of the first member
+    slowest = 0.0
     for cfg in members:
+        spent = time.perf_counter() - began
+        if seconds is not None and reference is not None and spent + slowest > seconds:
+            out["members"][cfg.name] = {"error": f"not timed (the timing stage had "
+                                                 f"{seconds:.0f} s)", "epochs": cfg.epochs}
+            continue
+        member_start = time.perf_counter()
         missing = missing_requirements(cfg)
         if missing:
             out["members"][cfg.name] = {"error": f"needs {', '.join(missing)} (not installed "
@@ -271,7 +285,11 @@ def measure(study_path: Path, names: list[str] | None = None,
         costs["epochs"], costs["batch_size"] = cfg.epochs, cfg.batch_size
         costs["checkpoint_interval"] = checkpoint_interval(device)
         costs["estimate_seconds"] = estimate_seconds(costs, out["startup_seconds"])
+        costs["timing_seconds"] = time.perf_counter() - member_start
+        slowest = max(slowest, costs["timing_seconds"])
         out["members"][cfg.name] = costs
+        if save is not None:
+            save(out)
     return out
 
 
@@ -313,6 +331,27 @@ def _finished(run_dir: Path) -> bool:
         return False
 
 
+def untimed_choice(study_path: Path, names: list[str] | None = None) -> dict:
+    """The plan when there are no timing numbers (the timing stage failed): the first member
+    in priority order (of ``names``, if given) that has not finished; its deadline stops it
+    gracefully, so it brings its predictions back whatever it costs."""
+    progress = _progress(study_path)
+    members = [m["name"] for m in tomllib.loads(study_path.read_text()).get("members", [])]
+    chosen, skipped = [], []
+    for name in members:
+        if names and name not in names:
+            continue
+        status, done = progress.get(name, ("new", 0))
+        if status == "finished":
+            skipped.append({"name": name, "why": "finished"})
+        elif not chosen:
+            chosen.append({"name": name, "estimate_seconds": None, "fits": None,
+                           "resumes_after_epoch": done})
+        else:
+            skipped.append({"name": name, "why": "not timed: only the first member trains"})
+    return {"budget_seconds": None, "chosen": chosen, "skipped": skipped, "untimed": True}
+
+
 def choose(timing: dict, budget: float, study_path: Path | None = None) -> dict:
     """The members to train in ``budget`` seconds: in priority order, the first runnable one
     always, each later one if its estimate fits in what is left."""
@@ -338,6 +377,12 @@ def choose(timing: dict, budget: float, study_path: Path | None = None) -> dict:
         else:
             skipped.append({"name": name, "why": f"needs ~{cost:.0f} s, {max(left, 0):.0f} s "
                                                  "left"})
+    untimed = [s for s in skipped if s["why"].startswith("not timed")]
+    if not chosen and untimed:  # the timed ones have finished: the next one, its cost unknown
+        first = untimed[0]
+        skipped.remove(first)
+        chosen.append({"name": first["name"], "estimate_seconds": None, "fits": None,
+                       "resumes_after_epoch": progress.get(first["name"], ("new", 0))[1]})
     return {"budget_seconds": budget, "chosen": chosen, "skipped": skipped}
 
 
@@ -372,7 +417,9 @@ def markdown(timing: dict) -> str:
             f"{c['finish_seconds']:.1f} | {c['estimate_seconds']:.0f} ({c['epochs']} epochs) |")
     plan = timing.get("plan")
     if plan:
-        lines += ["", f"Chosen for {plan['budget_seconds']:.0f} s: "
+        budget = ("without timing numbers" if plan["budget_seconds"] is None
+                  else f"for {plan['budget_seconds']:.0f} s")
+        lines += ["", f"Chosen {budget}: "
                   + (", ".join(c["name"] for c in plan["chosen"]) or "none")
                   + "; skipped: " + (", ".join(f"{s['name']} ({s['why']})"
                                                for s in plan["skipped"]) or "none") + "."]
@@ -397,23 +444,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loader-workers", default="0,8",
                    help="worker counts for the albumentations loader ('' for none)")
     p.add_argument("--steps", type=int, default=STEPS, help="timed steps per member")
+    p.add_argument("--seconds", type=float,
+                   help="time members only while they fit in this many seconds")
     p = sub.add_parser("choose")
     p.add_argument("timing", type=Path)
     p.add_argument("--budget", type=float, required=True)
     p.add_argument("--study", type=Path)
     p.add_argument("--md", type=Path, help="rewrite the Markdown table with the plan")
+    p.add_argument("--members", nargs="*",
+                   help="without timing numbers: the members to choose from")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "measure":
             workers = tuple(int(w) for w in args.loader_workers.split(",") if w.strip())
-            timing = measure(args.study, args.members or None, workers, max(1, args.steps))
+
+            def save(numbers: dict) -> None:  # after every member: a kill keeps the rest
+                _write(args.out, json.dumps(numbers, indent=1))
+
+            timing = measure(args.study, args.members or None, workers, max(1, args.steps),
+                             args.seconds, save)
             if args.budget is not None:
                 timing["plan"] = choose(timing, args.budget, args.study)
-            _write(args.out, json.dumps(timing, indent=1))
+            save(timing)
             text = markdown(timing)
             if args.md:
                 _write(args.md, text)
             print(text)
+        elif not args.timing.is_file():
+            if args.study is None:
+                raise FerensError(f"{args.timing}: no timing numbers, and no --study to "
+                                  "choose from")
+            print(f"timing: {args.timing} is missing (the timing stage failed?): training "
+                  "the first unfinished member, untimed", file=sys.stderr)
+            timing = {"plan": untimed_choice(args.study, args.members or None)}
         else:
             timing = json.loads(args.timing.read_text())
             timing["plan"] = choose(timing, args.budget, args.study)
