@@ -1,16 +1,33 @@
-"""Albumentations pipelines by name (``none``, ``light``, ``strong``) or from a serialized dict."""
+"""Albumentations pipelines by name (``none``, ``light``, ``strong``) or from a serialized dict.
+
+``torch-light`` and ``torch-strong`` are the same recipes computed in torch on the training
+device (``ferens.torch_augment``). albumentations is imported only when a pipeline is built,
+so a member trained with a torch recipe runs where albumentations is not installed.
+"""
 
 from __future__ import annotations
 
-import albumentations as A
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ferens.errors import FerensError
 
-AUGMENTATIONS = ("none", "light", "strong")
+if TYPE_CHECKING:
+    import albumentations
+
+TORCH_AUGMENTATIONS = ("torch-light", "torch-strong")
+AUGMENTATIONS = ("none", "light", "strong", *TORCH_AUGMENTATIONS)
+
+
+def _albumentations():
+    import albumentations
+
+    return albumentations
 
 
 def _named(name: str) -> list:
+    A = _albumentations()
     if name == "none":
         return []
     if name == "light":
@@ -24,16 +41,21 @@ def _named(name: str) -> list:
                 A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.5),
                 A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.15, 0.3),
                                 hole_width_range=(0.15, 0.3), fill=0, p=0.5)]
+    if name in TORCH_AUGMENTATIONS:
+        raise FerensError(f"augment={name!r} runs in torch on whole batches "
+                          "(ferens.torch_augment), not as an albumentations pipeline")
     raise FerensError(f"unknown augmentation {name!r}; choose one of {list(AUGMENTATIONS)} "
                       "or give augment_override (an albumentations to_dict() pipeline)")
 
 
 def train_pipeline(name: str, input_size: int = 48, crop_size: int = 0,
-                   override: dict | None = None, seed: int = 0, flip: bool = True) -> A.Compose:
+                   override: dict | None = None, seed: int = 0,
+                   flip: bool = True) -> albumentations.Compose:
     """Training augmentation: resize, the named (or overriding) transforms, then random crop.
 
     ``flip=False`` leaves out the named pipelines' random horizontal flip (the caller flips
     deterministically instead, e.g. alternating epochs)."""
+    A = _albumentations()
     if override:
         try:
             body = [A.from_dict(override)]
@@ -74,8 +96,9 @@ def check_train_pipeline(name: str, input_size: int = 48, crop_size: int = 0,
                               "by ferens)")
 
 
-def eval_pipeline(input_size: int = 48, crop_size: int = 0) -> A.Compose:
+def eval_pipeline(input_size: int = 48, crop_size: int = 0) -> albumentations.Compose:
     """Deterministic evaluation transform matching the training geometry."""
+    A = _albumentations()
     steps = _resize(input_size)
     if crop_size:
         steps.append(A.CenterCrop(crop_size, crop_size))
@@ -83,10 +106,10 @@ def eval_pipeline(input_size: int = 48, crop_size: int = 0) -> A.Compose:
 
 
 def _resize(input_size: int) -> list:
-    return [] if input_size == 48 else [A.Resize(input_size, input_size)]
+    return [] if input_size == 48 else [_albumentations().Resize(input_size, input_size)]
 
 
-def apply(pipeline: A.Compose, images: np.ndarray) -> np.ndarray:
+def apply(pipeline: albumentations.Compose, images: np.ndarray) -> np.ndarray:
     """Transform a batch (N,H,W) uint8 image by image; identity pipelines cost nothing."""
     if not pipeline.transforms:
         return images

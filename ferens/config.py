@@ -8,7 +8,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ferens.augment import AUGMENTATIONS, check_train_pipeline
+from ferens.augment import AUGMENTATIONS, TORCH_AUGMENTATIONS, check_train_pipeline
 from ferens.errors import FerensError
 from ferens.models import STEMS, check_model_name
 
@@ -160,6 +160,9 @@ class TrainConfig:
         if self.ferplus_soft and self.labels == "ferplus":
             raise FerensError("ferplus_soft mixes FER+ votes into FER2013 labels; it cannot be "
                               "combined with labels=ferplus")
+        if self.batch_augmented and (self.engine < 2 or self.augment_override):
+            raise FerensError(f"augment={self.augment!r} (whole batches in torch, on the "
+                              "training device) needs engine=2 and no augment_override")
         if self.engine == 1 and (self.workers or self.uses_new_recipe_features
                                  or self.select_tta != "auto"):
             raise FerensError("engine=1 reproduces v1 runs only: it has no loader workers, EMA, "
@@ -169,6 +172,11 @@ class TrainConfig:
         if self.augment_override:
             check_train_pipeline(self.augment, self.input_size, self.crop_size,
                                  self.augment_override, flip=not self.alternate_flip)
+
+    @property
+    def batch_augmented(self) -> bool:
+        """Augmented in torch on whole batches on the training device (no loader workers)."""
+        return self.augment in TORCH_AUGMENTATIONS
 
     @property
     def uses_new_recipe_features(self) -> bool:

@@ -169,7 +169,8 @@ def predict_logits(model: nn.Module, images: np.ndarray, cfg: TrainConfig,
     if batch_size < 1:
         raise FerensError(f"batch size must be at least 1, got {batch_size}")
     model.eval()
-    images = apply(eval_pipeline(cfg.input_size), images)
+    if cfg.input_size != images.shape[-1]:  # 48 px faces need no pipeline (nor albumentations)
+        images = apply(eval_pipeline(cfg.input_size), images)
     out = []
     with autocast(device, precision):
         for start in range(0, len(images), batch_size):

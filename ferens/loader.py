@@ -6,6 +6,10 @@ process (``workers=0``) or in any number of worker processes, and a resumed run 
 images as an uninterrupted one. Batches are uint8 ``(B, H, W)``; scaling to [-1, 1] happens on
 the training device (``ferens.inference.to_tensor``), as timm's GPU prefetcher does.
 
+``torch-light`` / ``torch-strong`` members use :class:`DeviceLoader` instead: the training
+images live on the training device and each batch is augmented there in one call
+(``ferens.torch_augment``), from the same per-sample seeds.
+
 ``engine=1`` configs keep the v1 stream (one albumentations pipeline seeded per epoch and
 consumed in index order, in the training process); it reproduces the members of
 ``results/study``.
@@ -23,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from ferens.augment import apply, train_pipeline
 from ferens.config import TrainConfig
 from ferens.sampling import epoch_order
+from ferens.torch_augment import RECIPES, augment_batch, epoch_parameters
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -33,6 +38,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of one training image's random choices in one epoch."""
     return (epoch_seed(seed, epoch) * 10_000_019 + int(index)) % 2**63
+
+
+def sample_seeds(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
+    """``sample_seed`` of many indices at once (uint64)."""
+    base = np.uint64(sample_seed(seed, epoch, 0))  # < 2**63, and indices < 2**63: no overflow
+    return (base + np.asarray(indices, dtype=np.uint64)) % np.uint64(2**63)
 
 
 def _reseed(pipeline, seed: int) -> None:
@@ -130,3 +141,45 @@ class TrainLoader:
                                   cfg.augment_override, seed=epoch_seed(cfg.seed, epoch))
         for _, idx in self.batches:
             yield torch.from_numpy(apply(pipeline, self.images[idx])), torch.from_numpy(idx)
+
+
+class DeviceLoader:
+    """Batches of a ``torch-*`` recipe member: the training images copied once to ``device``,
+    each epoch's order and per-sample parameters computed on the host and copied once, and each
+    batch gathered and augmented on the device. Yields what :class:`TrainLoader` yields, with
+    the images already as float (B, 1, H, W) in [-1, 1] on the device and the indices on the
+    host (so reading one costs no device synchronisation)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
+                 device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.batches = EpochBatches(labels, cfg)
+        self.recipe = RECIPES[cfg.augment]
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        self.out_size = cfg.crop_size or cfg.input_size
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cfg = self.cfg
+        self.batches.epoch = epoch
+        order = self.batches.order()
+        flips = (epoch + order) % 2 == 1 if cfg.alternate_flip else None
+        params = epoch_parameters(self.recipe, sample_seeds(cfg.seed, epoch, order),
+                                  cfg.input_size, cfg.crop_size, flips)
+        order_host = torch.from_numpy(order)
+        order_dev = order_host.to(self.device, non_blocking=True)
+        params_dev = torch.from_numpy(params).to(self.device, non_blocking=True)
+        for begin in range(0, len(order), cfg.batch_size):
+            end = min(begin + cfg.batch_size, len(order))
+            if end - begin < 2:  # a batch of one breaks batch norm
+                continue
+            x = augment_batch(self.images[order_dev[begin:end]], params_dev[begin:end],
+                              self.out_size, cfg.channels_last)
+            yield x, order_host[begin:end]
+
+
+def make_loader(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
+                device: torch.device) -> TrainLoader | DeviceLoader:
+    """The training loader a config asks for."""
+    if cfg.batch_augmented:
+        return DeviceLoader(images, labels, cfg, device)
+    return TrainLoader(images, labels, cfg, device)

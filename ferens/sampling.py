@@ -1,9 +1,11 @@
-"""Per-epoch index orders: plain shuffling, or class oversampling with imbalanced-learn."""
+"""Per-epoch index orders: plain shuffling, or class oversampling with imbalanced-learn.
+
+imbalanced-learn is imported only when a member oversamples, so training without it (the GPU
+machine has none) needs no such package."""
 
 from __future__ import annotations
 
 import numpy as np
-from imblearn.over_sampling import RandomOverSampler
 
 
 def oversample_targets(counts: np.ndarray, power: float = 1.0) -> dict[int, int]:
@@ -24,6 +26,8 @@ def epoch_order(labels: np.ndarray, epoch_seed: int, oversample: bool = False,
     rng = np.random.default_rng(epoch_seed)
     indices = np.arange(len(labels))
     if oversample:
+        from imblearn.over_sampling import RandomOverSampler
+
         sampler = RandomOverSampler(
             sampling_strategy=oversample_targets(np.bincount(labels), power),
             random_state=int(rng.integers(2**31)))

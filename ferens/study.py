@@ -7,14 +7,17 @@
 Members train as subprocesses, ``lanes`` at a time with ``cores // lanes`` threads each
 (``threads`` overrides that share; on a 2-core CPU two one-thread members beat one two-thread
 member). On a GPU machine one member trains per GPU, with the cores split into its loader
-workers. Finished members are skipped; interrupted ones resume from their last epoch.
-Stopping the study (Ctrl-C, SIGTERM, on Linux even SIGKILL) stops its members with it
-(``ferens.children``), and a member that another process is still training is reported and
-not started a second time. Each finished member's small outputs are copied to
-``results_dir/members/<name>`` at once, so nothing finished is lost when a session ends.
-Then every ensemble method runs over all members (and over each ``[[ensembles]]`` group: a
-named subset such as one recipe's seeds), the runs named in ``adjust`` get a ``ferens adjust``
-logit adjustment (into ``results_dir/adjusted``), and one report covers them all.
+workers. Finished members are skipped; interrupted ones resume from their last epoch. Stopping
+the study (Ctrl-C, SIGTERM, on Linux even SIGKILL) stops its members with it
+(``ferens.children``), and a member that another process is still training is reported and not
+started a second time. With ``$FERENS_DEADLINE`` (a unix time) members stop gracefully before
+it (``ferens.train``): such a member is collected with ``stopped_by_deadline`` in its summary,
+kept out of the ensembles, and trained on (not skipped) by the next run. Each finished
+member's small outputs are copied to ``results_dir/members/<name>`` at once, so nothing
+finished is lost when a session ends. Then every ensemble method runs over all members (and
+over each ``[[ensembles]]`` group: a named subset such as one recipe's seeds), the runs named
+in ``adjust`` get a ``ferens adjust`` logit adjustment (into ``results_dir/adjusted``), and
+one report covers them all.
 
 ``backend="ray"`` (``ferens study FILE --backend ray``) trains the members as Ray tasks
 instead, on this machine or a cluster: see ``ferens.study_ray``.
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ferens.adjust import SELECT
@@ -59,6 +62,10 @@ STUDY_KEYS = {  # every [study] key and what its value must be
 }
 # Overrides [study] runs_dir: where this machine keeps the members' checkpoints between sessions
 RUNS_DIR_ENV = "FERENS_RUNS_DIR"
+DEADLINE_ENV = "FERENS_DEADLINE"  # read by ferens.train too (not imported: it needs torch)
+# loader workers of a member on a GPU machine: beyond this, worker start-up and memory grow
+# faster than the images/s (experiments/gpu/timing.py measures 0..14 workers on the device)
+GPU_LOADER_WORKERS_MAX = 8
 
 
 @dataclass(frozen=True)
@@ -218,14 +225,28 @@ def lane_plan(pending: int, lanes: int = 0, cores: int | None = None) -> tuple[i
     return lanes, max(1, cores // lanes)
 
 
-def is_finished(cfg: TrainConfig) -> bool:
+def stopped_by_deadline(run_dir: Path) -> bool:
+    """Whether a run folder's summary says a deadline ended its training early."""
+    try:
+        return bool(read_json(run_dir / "summary.json").get("stopped_by_deadline"))
+    except (OSError, ValueError, FerensError):
+        return False
+
+
+def has_summary(cfg: TrainConfig) -> bool:
+    """A summary was written: the member finished, or a deadline stopped it."""
     return (cfg.run_dir / "summary.json").is_file()
 
 
+def is_finished(cfg: TrainConfig) -> bool:
+    return has_summary(cfg) and not stopped_by_deadline(cfg.run_dir)
+
+
 def is_committed(cfg: TrainConfig, results_dir: Path) -> bool:
-    """Already in ``results_dir`` from the same config, e.g. on a fresh clone with no runs/."""
+    """Already in ``results_dir`` from the same config, e.g. on a fresh clone with no runs/
+    (a member a deadline stopped is not: it trains on)."""
     saved = results_dir / "members" / cfg.name
-    if not (saved / "summary.json").is_file():
+    if not (saved / "summary.json").is_file() or stopped_by_deadline(saved):
         return False
     before = TrainConfig.load(saved / "config.json")
     return not config_differences(before, cfg, ignore=("out_dir", "data", "threads", "workers"))
@@ -266,8 +287,9 @@ def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
 
 
 def collect_finished(study: Study) -> list[str]:
-    """Copy every finished member's small outputs into results; returns their names."""
-    done = [cfg for cfg in study.members if is_finished(cfg)]
+    """Copy the small outputs of every member with a summary (finished, or stopped by a
+    deadline) into results; returns their names."""
+    done = [cfg for cfg in study.members if has_summary(cfg)]
     for cfg in done:
         collect_member(cfg, study.results_dir)
     return [cfg.name for cfg in done]
@@ -275,10 +297,11 @@ def collect_finished(study: Study) -> list[str]:
 
 def gpu_lane_plan(pending: int, gpus: int, cores: int | None = None) -> tuple[int, int]:
     """(lanes, loader workers per lane) on a GPU machine: one member per GPU at a time, the
-    CPU cores split between the lanes, one for the training process and the rest loading."""
+    CPU cores split between the lanes, two for the training process (and its pin-memory
+    thread), the rest loading, at most GPU_LOADER_WORKERS_MAX."""
     cores = cores or os.cpu_count() or 1
     lanes = max(1, min(gpus, pending or 1))
-    return lanes, max(0, cores // lanes - 1)
+    return lanes, max(0, min(GPU_LOADER_WORKERS_MAX, cores // lanes - 2))
 
 
 def cuda_device_count() -> int:
@@ -308,6 +331,17 @@ def member_command(spec: Path, slot: Slot) -> list[str]:
     return cmd
 
 
+def child_visible_devices(gpu: int, parent_mask: str | None) -> str:
+    """The CUDA_VISIBLE_DEVICES of a child that trains on the parent's GPU number ``gpu``:
+    the parent's own entry (an index, a UUID or a MIG id) when the parent was masked."""
+    entries = [e.strip() for e in (parent_mask or "").split(",") if e.strip()]
+    if not entries:
+        return str(gpu)
+    if gpu >= len(entries):
+        raise FerensError(f"GPU {gpu} is not among CUDA_VISIBLE_DEVICES={parent_mask!r}")
+    return entries[gpu]
+
+
 # tcmalloc (Debian's libtcmalloc-minimal4) gives the training children bit-identical results and
 # more images per CPU-second (results/README.md, study v3 throughput); used when installed.
 ALLOCATOR_ENV = "FERENS_ALLOCATOR"  # "system" keeps the C library's malloc
@@ -330,7 +364,10 @@ def _launch(cfg: TrainConfig, slot: Slot) -> subprocess.Popen:
     env = os.environ | {"OMP_NUM_THREADS": str(slot.threads), "OMP_WAIT_POLICY": "PASSIVE"}
     env |= allocator_env(env)
     if slot.gpu is not None:  # the child sees only its own GPU, as cuda:0
-        env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
+        env["CUDA_VISIBLE_DEVICES"] = child_visible_devices(
+            slot.gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if cfg.batch_augmented and slot.workers:  # augmented on the GPU: workers would idle
+        slot = replace(slot, workers=0)
     with open(_log_path(cfg), "a") as log:  # the child keeps its copy
         return subprocess.Popen(member_command(spec, slot), stdout=log,
                                 stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent())
@@ -397,6 +434,10 @@ def _run_lanes(study: Study, pending: list[TrainConfig], running: dict, free: li
     while pending or running:
         while pending and free:
             cfg = pending.pop(0)
+            if _deadline_passed():
+                failed.append(cfg.name)
+                _say(f"NOT STARTED {cfg.name}: the deadline (${DEADLINE_ENV}) has passed")
+                continue
             if _writer_elsewhere(cfg):
                 failed.append(cfg.name)
                 _say(f"NOT STARTED {cfg.name}: another ferens process is training "
@@ -416,14 +457,29 @@ def _run_lanes(study: Study, pending: list[TrainConfig], running: dict, free: li
             del running[name]
             free.append(slot)
             minutes = (time.time() - start) / 60
-            if proc.returncode == 0 and is_finished(cfg):
+            if proc.returncode == 0 and has_summary(cfg):
                 collect_member(cfg, study.results_dir)
-                acc = read_json(cfg.run_dir / "summary.json")["test"]["accuracy"]
-                _say(f"finished {name} in {minutes:.1f} min: test accuracy {acc:.4f}")
+                summary = read_json(cfg.run_dir / "summary.json")
+                acc = summary["test"]["accuracy"]
+                if summary.get("stopped_by_deadline"):
+                    _say(f"STOPPED BY THE DEADLINE {name} after epoch {summary['epochs_run']} "
+                         f"of {summary.get('epochs_planned')} ({minutes:.1f} min): test "
+                         f"accuracy {acc:.4f} at its best epoch {summary['best_epoch']}; run "
+                         "the study again to train on")
+                else:
+                    _say(f"finished {name} in {minutes:.1f} min: test accuracy {acc:.4f}")
             else:
                 failed.append(name)
                 _say(f"FAILED {name} (exit {proc.returncode}): {_last_line(cfg)}; "
                      f"see {_log_path(cfg)}")
+
+
+def _deadline_passed() -> bool:
+    raw = os.environ.get(DEADLINE_ENV, "").strip()
+    try:
+        return bool(raw) and time.time() >= float(raw)
+    except ValueError:
+        return False  # the member itself reports the bad value
 
 
 def _writer_elsewhere(cfg: TrainConfig) -> bool:
@@ -455,9 +511,13 @@ def combine_and_report(study: Study) -> dict:
     members = [study.results_dir / "members" / m.name for m in study.members
                if (study.results_dir / "members" / m.name / "summary.json").is_file()]
     members += [Path(p) for p in study.extra_runs]
-    combinable = [m for m in members if _fer2013_labels(m)]
+    combinable = [m for m in members if _fer2013_labels(m) and not stopped_by_deadline(m)]
     for m in members:
-        if m not in combinable:
+        if m in combinable:
+            continue
+        if stopped_by_deadline(m):
+            _say(f"not ensembling {m.name}: a deadline stopped its training early")
+        else:
             _say(f"not ensembling {m.name}: trained with --labels ferplus, so it is scored on "
                  "FER+ labels (val and test relabelled and filtered)")
     # (folder prefix, runs, methods): every member first, then each complete group

@@ -2,12 +2,14 @@
 
 Every member still to train becomes one Ray task that declares its resources from its config
 (CPUs = its threads plus its loader workers, one GPU when it trains on CUDA), so Ray's own
-scheduler places it on a node with those free. A task trains its member in a fresh worker
-process (``train_member(..., resume=True)``), in ``<checkpoint_root>/<name>`` on that node
-(the member's ``out_dir`` unless the study sets one), and returns the member's small outputs
-as bytes. The driver writes them into ``results_dir/members/<name>`` as each member finishes,
-exactly where the local backend puts them, so no shared filesystem is needed and nothing
-finished is lost when the driver stops. Checkpoints stay on the worker's disk.
+scheduler places it on a node with those free. A CUDA member that names no loader workers gets
+the local backend's share (``ferens.study.gpu_lane_plan`` on the largest node), unless it
+augments on the GPU (``torch-*`` recipes), which needs none. A task trains its member in a
+fresh worker process (``train_member(..., resume=True)``), in ``<checkpoint_root>/<name>`` on
+that node (the member's ``out_dir`` unless the study sets one), and returns the member's small
+outputs as bytes. The driver writes them into ``results_dir/members/<name>`` as each member
+finishes, exactly where the local backend puts them, so no shared filesystem is needed and
+nothing finished is lost when the driver stops. Checkpoints stay on the worker's disk.
 
 When a worker process or its node dies, Ray runs the task again, up to ``max_retries`` times;
 the retry resumes from the member's last per-epoch checkpoint wherever it can see it (the same
@@ -34,7 +36,7 @@ from pathlib import Path
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
 from ferens.predictions import read_json
-from ferens.study import Study, _say, member_outputs, pending_members, store_member
+from ferens.study import Study, _say, gpu_lane_plan, member_outputs, pending_members, store_member
 
 INSTALL_HINT = "--backend ray needs Ray, an optional extra: pip install 'ferens[ray]'"
 
@@ -72,11 +74,20 @@ def import_ray():
     return ray
 
 
-def task_config(cfg: TrainConfig, threads: int | None, checkpoint_root: str | None
-                ) -> TrainConfig:
+def trains_on_gpu(cfg: TrainConfig, cluster_gpus: float) -> bool:
+    return cfg.device.startswith("cuda") or (cfg.device == "auto" and cluster_gpus > 0)
+
+
+def task_config(cfg: TrainConfig, threads: int | None, checkpoint_root: str | None,
+                node: tuple[float, float] = (0, 0)) -> TrainConfig:
     """The config a task trains: a concrete thread count (``threads``, else the member's own,
-    else one) and, with a checkpoint root, the run folder under it."""
+    else one), loader workers for a GPU member that names none (from ``node``, the largest
+    node's (CPUs, GPUs)) and, with a checkpoint root, the run folder under it."""
     changes: dict = {"threads": threads or cfg.threads or 1}
+    cpus, gpus = node
+    if (not cfg.workers and not cfg.batch_augmented and cfg.engine >= 2
+            and trains_on_gpu(cfg, gpus) and gpus):
+        changes["workers"] = gpu_lane_plan(1, int(gpus), int(cpus // gpus))[1]
     if checkpoint_root:
         changes["out_dir"] = checkpoint_root
     return replace(cfg, **changes)
@@ -85,7 +96,7 @@ def task_config(cfg: TrainConfig, threads: int | None, checkpoint_root: str | No
 def member_resources(cfg: TrainConfig, cluster_gpus: float) -> dict:
     """Ray resources of a member: its threads plus loader workers as CPUs; one GPU when it
     trains on CUDA (``auto`` does wherever the cluster has a GPU)."""
-    gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and cluster_gpus > 0)
+    gpu = trains_on_gpu(cfg, cluster_gpus)
     return {"num_cpus": cfg.threads + cfg.workers, "num_gpus": 1 if gpu else 0}
 
 
@@ -156,7 +167,7 @@ def _run_tasks(ray, study: Study, pending: list[TrainConfig], committed: list[st
     remote = ray.remote(max_calls=1)(run_member)  # a fresh process per member, as locally
     failed, refs = [], {}
     for cfg in pending:
-        task = task_config(cfg, threads, settings.checkpoint_root)
+        task = task_config(cfg, threads, settings.checkpoint_root, (cpus, gpus))
         need = member_resources(task, gpus)
         if need["num_cpus"] > cpus or need["num_gpus"] > gpus:
             failed.append(cfg.name)

@@ -6,7 +6,13 @@
 
 The folder ``runs/<name>/`` gets config.json, metrics.csv, best.safetensors,
 predictions/{val,test}.npz and summary.json; ``checkpoint/`` is written atomically after
-every epoch so ``resume=True`` continues an interrupted run to the same result.
+every epoch on the CPU (on a GPU every ``FERENS_CHECKPOINT_SECONDS``, 120 s by default, and at
+the end), so ``resume=True`` continues an interrupted run to the same result.
+
+A deadline (``deadline=`` unix time, or ``$FERENS_DEADLINE``) stops a member gracefully: it
+never starts an epoch whose measured cost, plus writing the predictions, would pass the
+deadline; it checkpoints, predicts val, test and train from its best epoch so far and writes a
+summary with ``stopped_by_deadline: true``. Resuming such a run continues its training.
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.model_selection import train_test_split
-from timm.utils import ModelEmaV3
 from torch import nn
 
 from ferens.classes import CLASS_NAMES, NUM_CLASSES
@@ -42,7 +48,7 @@ from ferens.inference import (
     select_device,
     to_tensor,
 )
-from ferens.loader import TrainLoader, epoch_seed, sample_seed
+from ferens.loader import DeviceLoader, TrainLoader, epoch_seed, make_loader, sample_seed
 from ferens.losses import build_loss, distillation_loss
 from ferens.mixing import mix_batch, mixing_enabled
 from ferens.models import create_member_model
@@ -58,11 +64,18 @@ from ferens.predictions import (
 from ferens.provenance import code_commit, library_versions
 from ferens.targets import ferplus_soft_targets, teacher_probabilities
 
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
+
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "val_macro_f1", "lr", "seconds", "images_per_second", "val_seconds")
 # Fields that may change between an interrupted run and its resumption.
 RESUMABLE_FIELDS = ("threads", "data", "workers")
 PROGRESS_EVERY = 20  # steps between host reads of the running loss and accuracy
+DEADLINE_ENV = "FERENS_DEADLINE"  # unix time by which a member must have written its summary
+CHECKPOINT_SECONDS_ENV = "FERENS_CHECKPOINT_SECONDS"
+CUDA_CHECKPOINT_SECONDS = 120.0  # on a GPU, checkpoint (100-250 MB) at most this often
+FINISH_MARGIN = 1.25  # finishing is estimated from the last validation pass, times this
 
 
 @dataclass
@@ -78,6 +91,7 @@ class TrainingState:
     stopped_early: bool = False
     resumes: int = 0              # times training continued from a checkpoint (a new session)
     commits: list | None = None   # ferens code commit of each start and resume, in order
+    stopped_by_deadline: bool = False  # this session ended before the last epoch
     data_sha256: str | None = None  # of the splits trained on (None: an older checkpoint)
 
 
@@ -200,6 +214,8 @@ def build_parts(cfg: TrainConfig, train: FerDataset, device: torch.device) -> Tr
     if precision == "fp16":
         parts.scaler = torch.amp.GradScaler(device.type)
     if cfg.ema_decay:
+        from timm.utils import ModelEmaV3
+
         parts.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
     if cfg.ferplus_soft:
         parts.targets = torch.from_numpy(
@@ -235,8 +251,34 @@ def one_hot_tensor(y: torch.Tensor) -> torch.Tensor:
     return nn.functional.one_hot(y, NUM_CLASSES).float()
 
 
-def train_one_epoch(parts: TrainingParts, loader: TrainLoader, cfg: TrainConfig, epoch: int,
-                    show_progress: bool = True) -> dict:
+def train_step(parts: TrainingParts, cfg: TrainConfig, epoch: int, images: torch.Tensor,
+               idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step on one loader batch; returns (loss, logits, labels) on the device.
+
+    The batch's indices are read on the host (for the mixing seed) before they are copied, so
+    the step never waits for the device."""
+    # a DeviceLoader's batches are already augmented, scaled and on the device
+    x = images if images.is_floating_point() else to_tensor(images, parts.device,
+                                                             cfg.channels_last)
+    mix_seed = sample_seed(cfg.seed, epoch, int(idx[0])) ^ 0x5EED  # idx is on the host
+    idx = idx.to(parts.device, non_blocking=True)
+    loss, logits, y = _step_loss(parts, cfg, x, idx, mix_seed)
+    parts.optimizer.zero_grad(set_to_none=True)
+    if parts.scaler is not None:
+        parts.scaler.scale(loss).backward()
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+    else:
+        loss.backward()
+        parts.optimizer.step()
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update(parts.model, step=parts.scheduler.last_epoch)
+    return loss, logits, y
+
+
+def train_one_epoch(parts: TrainingParts, loader: TrainLoader | DeviceLoader, cfg: TrainConfig,
+                    epoch: int, show_progress: bool = True) -> dict:
     """One pass over the deterministic (seed, epoch) order of the training set.
 
     Loss and accuracy accumulate on the device; the host reads them only every
@@ -248,21 +290,7 @@ def train_one_epoch(parts: TrainingParts, loader: TrainLoader, cfg: TrainConfig,
     seen, start = 0, time.perf_counter()
     progress = Progress(epoch, cfg.epochs, len(loader.batches.labels), show_progress)
     for step, (images, idx) in enumerate(loader.epoch(epoch), start=1):
-        x = to_tensor(images, parts.device, cfg.channels_last)
-        idx = idx.to(parts.device, non_blocking=True)
-        loss, logits, y = _step_loss(parts, cfg, x, idx,
-                                     sample_seed(cfg.seed, epoch, int(idx[0])) ^ 0x5EED)
-        parts.optimizer.zero_grad(set_to_none=True)
-        if parts.scaler is not None:
-            parts.scaler.scale(loss).backward()
-            parts.scaler.step(parts.optimizer)
-            parts.scaler.update()
-        else:
-            loss.backward()
-            parts.optimizer.step()
-        parts.scheduler.step()
-        if parts.ema is not None:
-            parts.ema.update(parts.model, step=parts.scheduler.last_epoch)
+        loss, logits, y = train_step(parts, cfg, epoch, images, idx)
         n = len(idx)
         total_loss += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum()
@@ -337,7 +365,9 @@ def load_checkpoint(run_dir: Path, parts: TrainingParts) -> TrainingState | None
         if parts.ema is not None:
             parts.ema.module.load_state_dict(load_file(str(folder / "ema.safetensors"),
                                                        device=str(device)))
-        extra = torch.load(folder / "optimizer.pt", map_location=device, weights_only=True)
+        # on the CPU first: load_state_dict moves the moments to the parameters' device but
+        # keeps AdamW's `step` counters on the CPU, where reading them costs no sync
+        extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
         parts.optimizer.load_state_dict(extra["optimizer"])
         parts.scheduler.load_state_dict(extra["scheduler"])
         if parts.scaler is not None and "scaler" in extra:
@@ -374,14 +404,18 @@ def _check_run_dir(cfg: TrainConfig, resume: bool, name_from: str = "") -> Path:
 
 
 def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = True,
-                 name_from: str = "", name_derived: bool = False) -> dict:
+                 name_from: str = "", name_derived: bool = False,
+                 deadline: float | None = None) -> dict:
     """Train (or resume) one member and write its run folder; returns the summary.
 
-    Data, device and targets are checked before anything is written, so a failed command
-    leaves no run folder behind to block the corrected one. ``name_from`` (e.g. "from
-    --config x.toml") is named when an existing run refuses the name."""
+    ``deadline`` (unix time; default ``$FERENS_DEADLINE``) stops training gracefully before
+    it would be passed (see the module docstring). Data, device and targets are checked before
+    anything is written, so a failed command leaves no run folder behind to block the
+    corrected one. ``name_from`` (e.g. "from --config x.toml") is named when an existing run
+    refuses the name."""
+    deadline = deadline_from_env() if deadline is None else deadline
     with folder_lock(cfg.run_dir):  # two writers on one run folder would corrupt it
-        return _train_member(cfg, resume, show_progress, name_from, name_derived)
+        return _train_member(cfg, resume, show_progress, name_from, name_derived, deadline)
 
 
 def _say(show: bool, text: str) -> None:
@@ -389,11 +423,58 @@ def _say(show: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool,
-                  name_from: str = "", name_derived: bool = False) -> dict:
+def deadline_from_env() -> float | None:
+    """``$FERENS_DEADLINE`` as a unix time, None when unset; a bad value is one clear error."""
+    raw = os.environ.get(DEADLINE_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise FerensError(f"${DEADLINE_ENV}={raw!r}: expected a unix time in seconds")
+    return value
+
+
+def checkpoint_interval(device: torch.device) -> float:
+    """Seconds between checkpoints: 0 (every epoch) on the CPU, 120 on a GPU, or
+    ``$FERENS_CHECKPOINT_SECONDS``. The last epoch and a deadline stop always checkpoint."""
+    raw = os.environ.get(CHECKPOINT_SECONDS_ENV, "").strip()
+    if raw:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            raise FerensError(f"${CHECKPOINT_SECONDS_ENV}={raw!r}: expected seconds") from None
+    return CUDA_CHECKPOINT_SECONDS if device.type == "cuda" else 0.0
+
+
+TTA_VIEWS = {"none": 1, "flip": 2, "shift": 10, "tencrop": 10}
+
+
+def finish_seconds(cfg: TrainConfig, splits: dict, val_seconds: float) -> float:
+    """Estimated seconds of ``finish_run`` (saved predictions of every split with the
+    configured TTA, and the accuracy of every other TTA mode on val and test), from the cost
+    per view of the last validation pass."""
+    per_view = val_seconds / max(1, len(splits["val"]) * TTA_VIEWS[selection_tta(cfg)])
+    saved = ("val", "test", "train") if cfg.engine >= 2 else ("val", "test")
+    views = sum(len(splits[s]) for s in saved) * TTA_VIEWS[cfg.tta]
+    if cfg.engine >= 2:
+        views += sum(TTA_VIEWS[m] for m in tta_modes(cfg) if m != cfg.tta) * (
+            len(splits["val"]) + len(splits["test"]))
+    return FINISH_MARGIN * per_view * views + 1.0
+
+
+def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool, name_from: str,
+                  name_derived: bool, deadline: float | None) -> dict:
     run_dir = _check_run_dir(cfg, resume, name_from)
     if resume and (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if not summary.get("stopped_by_deadline"):
+            return summary  # finished; a deadline-stopped run trains on
+    if deadline is not None and time.time() >= deadline:
+        raise FerensError(f"{cfg.name}: the deadline (${DEADLINE_ENV}) passed before training "
+                          "started")
     threads = configure_threads(cfg.threads)
     device = select_device(cfg.device)
     if device.type == "cuda":
@@ -417,13 +498,17 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool,
         print(f"run name {cfg.name!r} ({name_from}): writing {run_dir}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
+    state.stopped_by_deadline = False
     if state.epoch:
         state.resumes += 1
         print(f"resuming {run_dir} after epoch {state.epoch} (resume {state.resumes})",
               file=sys.stderr)
     if state.epoch < cfg.epochs and not state.stopped_early:
         state.commits = [*(state.commits or []), code_commit()]
-    loader = TrainLoader(train.images, train.labels, cfg, device)
+    loader = make_loader(train.images, train.labels, cfg, device)
+    interval = checkpoint_interval(device)
+    last_checkpoint, checkpoint_cost = time.perf_counter(), 0.0
+    best_weights = None  # the best epoch's weights, until the next checkpoint writes them
 
     while state.epoch < cfg.epochs and not state.stopped_early:
         epoch = state.epoch + 1
@@ -437,8 +522,9 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool,
         score = row["val_" + cfg.early_stop_metric]
         if score > state.best_score:
             state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
-            with atomic_path(run_dir / "best.safetensors") as tmp:
-                save_file(_state_dict(parts.eval_model), str(tmp))
+            best_weights = {k: v.detach().to("cpu", copy=True,  # a copy on the CPU too
+                                             memory_format=torch.contiguous_format)
+                            for k, v in parts.eval_model.state_dict().items()}
         else:
             state.epochs_without_improvement += 1
         write_metrics(run_dir / "metrics.csv", state.rows)
@@ -447,8 +533,29 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool,
                   f"macro-F1 {row['val_macro_f1']:.4f} ({row['seconds']:.0f}s)", file=sys.stderr)
         state.stopped_early = bool(cfg.patience
                                    and state.epochs_without_improvement >= cfg.patience)
-        save_checkpoint(run_dir, parts, state)
-    _say(show_progress, "training done: predicting "
+        last = state.epoch >= cfg.epochs or state.stopped_early
+        if deadline is not None and not last:
+            need = (row["seconds"] + row["val_seconds"] + checkpoint_cost
+                    + finish_seconds(cfg, splits, row["val_seconds"]))
+            left = deadline - time.time()
+            if need > left:
+                state.stopped_by_deadline = True
+                print(f"{cfg.name}: stopping after epoch {epoch} of {cfg.epochs}: another "
+                      f"epoch and the predictions need ~{need:.0f} s, the deadline is "
+                      f"{left:.0f} s away", file=sys.stderr, flush=True)
+        if last or state.stopped_by_deadline or time.perf_counter() - last_checkpoint >= interval:
+            start = time.perf_counter()
+            if best_weights is not None:  # first, so a checkpoint never outruns its best
+                with atomic_path(run_dir / "best.safetensors") as tmp:
+                    save_file(best_weights, str(tmp))
+                best_weights = None
+            save_checkpoint(run_dir, parts, state)
+            last_checkpoint = time.perf_counter()
+            checkpoint_cost = last_checkpoint - start
+        if state.stopped_by_deadline:
+            break
+    _say(show_progress, ("stopped by the deadline" if state.stopped_by_deadline else
+                         "training done") + ": predicting "
          f"{'val, test and train' if cfg.engine >= 2 else 'val and test'} with the best epoch "
          f"({state.best_epoch}, tta {cfg.tta}) and scoring every TTA mode for summary.json")
     return finish_run(run_dir, cfg, parts, splits, state, threads)
@@ -468,6 +575,8 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
     summary = {"name": cfg.name, "kind": "member", "model": cfg.model, "stem": cfg.stem,
                "width": cfg.width, "imbalance": cfg.imbalance, "best_epoch": state.best_epoch,
                "epochs_run": state.epoch, "stopped_early": state.stopped_early,
+               # a deadline ended this session before the last epoch: resume to train on
+               "stopped_by_deadline": state.stopped_by_deadline, "epochs_planned": cfg.epochs,
                "engine": cfg.engine, "selection_tta": selection_tta(cfg), "labels": cfg.labels}
     if cfg.labels == "ferplus":
         summary["labels_note"] = ("FER+ majority labels on every split: val and test are "

@@ -54,6 +54,8 @@ def test_a_different_seed_changes_the_augmentation(small_csv, tmp_path):
 FEATURES = {
     "ema+mixing": dict(ema_decay=0.9, cutmix_alpha=1.0, mixup_alpha=0.4, mix_prob=0.8),
     "alternate-flip+focal": dict(alternate_flip=True, imbalance="focal"),
+    "torch-strong+crop+mixing": dict(augment="torch-strong", crop_size=44, tta="tencrop",
+                                     select_tta="flip", cutmix_alpha=1.0, mix_prob=0.5),
 }
 
 
@@ -162,3 +164,37 @@ def test_bundles_predict_and_export_do_not_import_the_training_loop():
     code = ("import sys, ferens.bundle, ferens.predict, ferens.inference, ferens.cli; "
             "assert 'ferens.train' not in sys.modules, 'imported ferens.train'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_torch_recipe_member_trains_where_albumentations_and_imblearn_are_missing(
+        small_csv, tmp_path):
+    """The GPU machine has neither package: a torch-strong member (EMA off) must not need
+    them, nor timm's ModelEmaV3, anywhere from import to the saved predictions."""
+    code = f"""
+import sys, importlib.abc
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("albumentations", "imblearn"):
+            raise ImportError(f"{{name}} is not installed here")
+sys.meta_path.insert(0, Missing())
+import timm.utils
+del timm.utils.ModelEmaV3  # as in a timm without it
+from ferens.config import TrainConfig
+from ferens.train import train_member
+cfg = TrainConfig(name="m", out_dir={str(tmp_path / "runs")!r}, data={str(small_csv)!r},
+                  width=0.25, epochs=2, batch_size=16, threads=1, augment="torch-strong",
+                  crop_size=44, tta="tencrop", select_tta="flip", cutmix_alpha=1.0)
+summary = train_member(cfg, show_progress=False)
+assert summary["epochs_run"] == 2, summary
+bad = [m for m in sys.modules if m.split(".")[0] in ("albumentations", "imblearn")]
+assert not bad, bad
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+    assert (tmp_path / "runs" / "m" / "predictions" / "train.npz").is_file()
+
+
+def test_a_torch_recipe_needs_engine_2_and_no_albumentations_override():
+    with pytest.raises(FerensError, match="needs engine=2"):
+        TrainConfig(augment="torch-strong", engine=1)
+    with pytest.raises(FerensError, match="needs engine=2 and no augment_override"):
+        TrainConfig(augment="torch-light", augment_override={"transform": {}})

@@ -98,9 +98,10 @@ def test_a_gpu_machine_gets_one_lane_per_gpu_with_the_cores_as_loader_workers(tm
                                                                               tiny_csv):
     from ferens.study import gpu_lane_plan, plan_slots
 
-    assert gpu_lane_plan(pending=5, gpus=1, cores=16) == (1, 15)
-    assert gpu_lane_plan(pending=5, gpus=4, cores=16) == (4, 3)
-    assert gpu_lane_plan(pending=1, gpus=4, cores=16) == (1, 15)
+    assert gpu_lane_plan(pending=5, gpus=1, cores=16) == (1, 8)  # capped: GPU_LOADER_WORKERS_MAX
+    assert gpu_lane_plan(pending=5, gpus=4, cores=16) == (4, 2)
+    assert gpu_lane_plan(pending=1, gpus=4, cores=16) == (1, 8)
+    assert gpu_lane_plan(pending=2, gpus=2, cores=2) == (2, 0)
     study = load_study(_study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n'
                                                        '[[members]]\nname = "b"\n'))
     slots = plan_slots(study, study.members, gpus=2)
@@ -288,6 +289,61 @@ def test_an_ensemble_group_with_a_bad_setting_is_refused(tmp_path, tiny_csv, tab
                        f"[[ensembles]]\n{table}")
     with pytest.raises(FerensError, match=message):
         load_study(path)
+
+
+def test_a_child_sees_the_parents_own_gpu_when_the_parent_was_masked():
+    from ferens.study import child_visible_devices
+
+    assert child_visible_devices(1, None) == "1"
+    assert child_visible_devices(1, "") == "1"
+    assert child_visible_devices(0, "3") == "3"
+    assert child_visible_devices(1, "2, 5") == "5"
+    assert child_visible_devices(1, "GPU-aaa,GPU-bbb") == "GPU-bbb"
+    with pytest.raises(FerensError, match="GPU 2 is not among"):
+        child_visible_devices(2, "2,5")
+
+
+def test_a_member_stopped_by_the_deadline_comes_back_stays_out_of_ensembles_and_trains_on(
+        tmp_path, tiny_csv, monkeypatch, capsys):
+    import ferens.train as train_module
+    from ferens.study import is_committed, pending_members
+
+    path = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\nepochs = 3\n'
+                                           '[[members]]\nname = "b"\n')
+    path.write_text(path.read_text().replace('adjust = ["a", "stack"]', 'adjust = []'))
+    study = load_study(path)
+    a = study.members[0]
+    calls = []
+    monkeypatch.setattr(train_module, "finish_seconds",
+                        lambda *args: calls.append(1) or (1e9 if len(calls) >= 1 else 0.0))
+    train_module.train_member(a, show_progress=False, deadline=time.time() + 3600)
+    monkeypatch.undo()
+    train_module.train_member(study.members[1], show_progress=False)
+    outcome = run_study(path, train=False)  # collects both, ensembles neither alone
+    err = capsys.readouterr().err
+    assert "not ensembling a: a deadline stopped its training early" in err
+    results = tmp_path / "results"
+    saved = json.loads((results / "members" / "a" / "summary.json").read_text())
+    assert saved["stopped_by_deadline"] and saved["epochs_run"] == 1
+    assert (results / "members" / "a" / "predictions" / "train.npz").is_file()
+    assert outcome["ensembles"] == []  # one finished member is no ensemble
+    assert not is_committed(a, results)
+    assert [m.name for m in pending_members(study)[0]] == ["a"]
+    run_study(path)  # trains a on, in its own process, from its checkpoint
+    summary = json.loads((results / "members" / "a" / "summary.json").read_text())
+    assert not summary["stopped_by_deadline"] and summary["epochs_run"] == 3
+    assert summary["resumes"] == 1
+    assert is_committed(a, results)
+
+
+def test_no_member_starts_once_the_deadline_has_passed(tmp_path, tiny_csv, monkeypatch, capsys):
+    from ferens.study import train_members
+
+    path = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n')
+    monkeypatch.setenv("FERENS_DEADLINE", str(time.time() - 1))
+    assert train_members(load_study(path)) == ["a"]
+    assert "NOT STARTED a: the deadline ($FERENS_DEADLINE) has passed" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "a").exists()
 
 
 def test_collecting_a_member_never_overwrites_files_ferens_did_not_write(tmp_path):

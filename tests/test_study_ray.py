@@ -101,6 +101,16 @@ def test_a_member_declares_its_threads_and_loader_workers_as_cpus_and_a_gpu_for_
     assert member_resources(auto, cluster_gpus=0)["num_gpus"] == 0
     assert member_resources(auto, cluster_gpus=2)["num_gpus"] == 1
     # a thread count is always concrete: --threads, else the member's own, else one
+    # a CUDA member that names no loader workers gets the local backend's share of the node,
+    # unless it augments on the GPU; CPU members and members that name theirs keep them
+    node = (16, 1)
+    assert task_config(TrainConfig(name="a", device="cuda"), None, None, node).workers == 8
+    assert task_config(TrainConfig(name="a", device="cuda"), None, None, (16, 4)).workers == 2
+    assert task_config(TrainConfig(name="a", device="cuda", augment="torch-strong"), None, None,
+                       node).workers == 0
+    assert task_config(TrainConfig(name="a", device="cpu"), None, None, node).workers == 0
+    assert task_config(TrainConfig(name="a", device="cuda", workers=3), None, None,
+                       node).workers == 3
     assert task_config(TrainConfig(name="a"), None, None).threads == 1
     assert task_config(TrainConfig(name="a", threads=3), None, None).threads == 3
     assert task_config(TrainConfig(name="a", threads=3), 2, None).threads == 2

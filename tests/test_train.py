@@ -3,11 +3,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, train_interrupted_then_resumed
 from safetensors.torch import load_file
 
 import ferens.train as train_module
@@ -15,7 +16,7 @@ from ferens.config import TrainConfig
 from ferens.errors import FerensError
 from ferens.inference import load_member_model, predict_logits, to_tensor, tta_views
 from ferens.models import create_member_model
-from ferens.predictions import load_run
+from ferens.predictions import load_predictions, load_run
 from ferens.train import cosine_with_warmup, load_splits, train_member
 
 
@@ -217,6 +218,101 @@ def test_ten_crop_prediction_averages_the_ten_view_probabilities():
                  for v in tta_views(images, cfg, "tencrop")]
     expected = torch.stack(probs).mean(0).log().numpy()
     assert np.allclose(predict_logits(model, images, cfg, cpu), expected, atol=1e-5)
+
+
+def _stop_after(monkeypatch, epoch: int) -> None:
+    """Make the deadline check after ``epoch`` find too little time left (and none before)."""
+    calls = []
+
+    def finish_estimate(*args):
+        calls.append(1)
+        return 1e9 if len(calls) >= epoch else 0.0
+
+    monkeypatch.setattr(train_module, "finish_seconds", finish_estimate)
+
+
+def test_a_deadline_stops_after_an_epoch_with_predictions_and_resumes_exactly(
+        tiny_csv, tmp_path, monkeypatch):
+    straight = _config(tiny_csv, tmp_path / "a", epochs=4)
+    train_member(straight, show_progress=False)
+    stopped = _config(tiny_csv, tmp_path / "b", epochs=4)
+    _stop_after(monkeypatch, 2)
+    summary = train_member(stopped, show_progress=False, deadline=time.time() + 3600)
+    assert summary["stopped_by_deadline"] and summary["epochs_run"] == 2
+    assert summary["epochs_planned"] == 4 and not summary["stopped_early"]
+    run = load_run(stopped.run_dir)  # val, test and train predictions of the best epoch so far
+    assert run.test.logits.shape == (14, 7) and run.val.logits.shape == (14, 7)
+    assert len(load_predictions(stopped.run_dir / "predictions" / "train.npz").labels) == 42
+    assert len(_metric_rows(stopped.run_dir)) == 2
+    monkeypatch.undo()
+    again = train_member(stopped, resume=True, show_progress=False)  # trains on, not skipped
+    assert not again["stopped_by_deadline"] and again["epochs_run"] == 4
+    assert again["resumes"] == 1
+    assert _metric_rows(stopped.run_dir) == _metric_rows(straight.run_dir)
+    assert np.allclose(load_run(straight.run_dir).test.logits,
+                       load_run(stopped.run_dir).test.logits, atol=1e-6)
+
+
+def test_a_deadline_that_has_passed_or_is_not_a_time_is_one_clear_error(tiny_csv, tmp_path,
+                                                                       monkeypatch):
+    cfg = _config(tiny_csv, tmp_path, epochs=1)
+    with pytest.raises(FerensError, match="deadline .* passed before training started"):
+        train_member(cfg, show_progress=False, deadline=time.time() - 1)
+    assert not cfg.run_dir.exists()
+    monkeypatch.setenv("FERENS_DEADLINE", "tomorrow")
+    with pytest.raises(FerensError, match="FERENS_DEADLINE='tomorrow': expected a unix time"):
+        train_member(cfg, show_progress=False)
+
+
+def test_checkpoints_follow_the_interval_and_the_last_epoch_always_checkpoints(
+        tiny_csv, tmp_path, monkeypatch):
+    assert train_module.checkpoint_interval(torch.device("cpu")) == 0.0
+    assert train_module.checkpoint_interval(torch.device("cuda")) == 120.0
+    saved = []
+    real = train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint",
+                        lambda run_dir, parts, state: (saved.append(state.epoch),
+                                                       real(run_dir, parts, state)))
+    monkeypatch.setenv("FERENS_CHECKPOINT_SECONDS", "3600")
+    cfg = _config(tiny_csv, tmp_path, epochs=3)
+    train_member(cfg, show_progress=False)
+    assert saved == [3]  # not after epochs 1 and 2
+    assert (cfg.run_dir / "best.safetensors").is_file()
+    monkeypatch.delenv("FERENS_CHECKPOINT_SECONDS")
+    saved.clear()
+    train_member(_config(tiny_csv, tmp_path / "every", epochs=3), show_progress=False)
+    assert saved == [1, 2, 3]  # on the CPU, every epoch
+
+
+def test_the_best_weights_are_the_best_epochs_when_checkpoints_are_sparse(
+        tiny_csv, tmp_path, monkeypatch):
+    """Between checkpoints the best epoch's weights wait in memory: they must be a copy, not
+    the live (CPU) parameters that later epochs keep changing."""
+    real = train_module.evaluate
+    after = {}
+
+    def evaluate(parts, split, cfg):  # epoch 1 scores best; remember each epoch's weights
+        epoch = len(after) + 1
+        after[epoch] = {k: v.detach().clone() for k, v in parts.eval_model.state_dict().items()}
+        return real(parts, split, cfg) | {"val_accuracy": 1.0 / epoch}
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    monkeypatch.setenv("FERENS_CHECKPOINT_SECONDS", "3600")  # only after the last epoch
+    cfg = _config(tiny_csv, tmp_path, epochs=3, early_stop_metric="accuracy")
+    assert train_member(cfg, show_progress=False)["best_epoch"] == 1
+    best = load_file(str(cfg.run_dir / "best.safetensors"))
+    assert all(torch.equal(best[k], after[1][k]) for k in best)
+    assert not all(torch.equal(best[k], after[3][k]) for k in best)
+
+
+def test_optimizer_state_is_read_on_the_cpu(tiny_csv, tmp_path, monkeypatch):
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (loads.append(k.get("map_location")),
+                                                        real(*a, **k))[1])
+    cfg = _config(tiny_csv, tmp_path, epochs=2)
+    train_interrupted_then_resumed(cfg, 2, monkeypatch)
+    assert loads == ["cpu"]
 
 
 def test_resume_refuses_other_data_content_and_accepts_the_same_data_elsewhere(

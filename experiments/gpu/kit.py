@@ -2,10 +2,15 @@
 
 Runs on both sides with the standard library and numpy alone (Python 3.11 here, 3.12 there):
 
-    python3 experiments/gpu/kit.py unpack .gpu-carry/part1 /tmp/ferens-gpu   # each part
+    python3 experiments/gpu/kit.py ensure .gpu-carry /tmp/ferens-gpu /tmp/ferens-gpu/fer2013.csv
+    python3 experiments/gpu/kit.py unpack .gpu-carry/part1 /tmp/ferens-gpu   # one part
     python3 experiments/gpu/kit.py rebuild /tmp/ferens-gpu /tmp/ferens-gpu/fer2013.csv
+    python3 experiments/gpu/kit.py env [--need-cuda]        # versions; exit 2 if training can't
     python3 experiments/gpu/kit.py derive-study experiments/study_gpu.toml OUT.toml \
         --set device=cpu --set epochs=1 [--results-dir D] [--out-dir D]
+
+``ensure`` unpacks every carried part and rebuilds and verifies the CSV, or does nothing when
+this (warm) machine already holds the verified data of the same images.
 
 ``experiments/gpu/pack.py`` writes the parts. The codec is a static-model rANS coder (one
 32-bit stream per image, all images coded side by side with numpy): each pixel is predicted
@@ -40,6 +45,7 @@ RANS_L = 1 << 23
 GRAD_EDGES = np.array([-21, -7, -3, 0, 3, 7, 21])  # d - b (up-right minus up): 8 levels
 N_ACTIVITY = 12  # activity |a-c| + |b-c| + |d-b| in 12 levels (edges fitted, stored)
 MANIFEST = "manifest.json"
+VERIFIED = "verified.json"
 
 
 class KitError(Exception):
@@ -298,7 +304,80 @@ def rebuild(dest: Path, out_csv: Path, check_ferens: bool = True) -> dict:
         if not np.array_equal(ds.row_ids, np.arange(len(labels))):
             raise KitError(f"{out_csv}: ferens row ids are not 0..N-1")
         report["ferens_verified"] = True
+    (dest / VERIFIED).write_text(json.dumps(report, indent=1))
     return report
+
+
+def ensure(carry: Path, dest: Path, out_csv: Path, check_ferens: bool = True,
+           require_all: bool = True) -> dict:
+    """Unpack every part carried in ``carry`` and rebuild + verify the CSV once all parts are
+    there; nothing when ``dest`` already holds verified data of the same images (a warm
+    machine). Returns {"state": "verified" | "already" | "partial", ...}."""
+    manifests = sorted(carry.glob("part*/" + MANIFEST))
+    carried = [json.loads(m.read_text()) for m in manifests]
+    verified = dest / VERIFIED
+    if verified.is_file() and out_csv.is_file():
+        done = json.loads(verified.read_text())
+        same = all(m["images_sha256"] == done["images_sha256"] for m in carried)
+        if same and done.get("csv") == str(out_csv) and (
+                not carried or file_sha256(out_csv) == done["csv_sha256"]):
+            return {"state": "already", **done}
+    if not carried:
+        raise KitError(f"{carry}: no part carried and no verified data in {dest} (a fresh "
+                       "machine): name .gpu-carry/part1 (and the others) in the call's carry")
+    for part in manifests:
+        unpack(part.parent, dest)
+    total = carried[0]["parts"]
+    have = sorted({int(p.stem.split("-")[1]) for p in dest.glob("images-*.npy")})
+    if have != list(range(1, total + 1)):
+        if require_all:
+            raise KitError(f"{dest}: parts {have} of {total} unpacked; every part must be "
+                           "carried in this call or unpacked by earlier calls on this machine")
+        return {"state": "partial", "parts": have, "of": total}
+    return {"state": "verified", **rebuild(dest, out_csv, check_ferens)}
+
+
+def check_env(need_cuda: bool) -> int:
+    """Print the interpreter, libraries and device; 2 when training cannot run here."""
+    import importlib
+    import importlib.metadata as md
+    import platform
+
+    problems = []
+    print("python", sys.version.split()[0], platform.machine())
+    for name in ("torch", "timm", "numpy", "scikit-learn", "scipy", "pandas", "safetensors",
+                 "typer", "opencv-python-headless", "albumentations", "imbalanced-learn",
+                 "onnx", "onnxruntime", "pytest"):
+        try:
+            print(name, md.version(name))
+        except md.PackageNotFoundError:
+            print(name, "MISSING")
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        print("cuda", cuda, torch.version.cuda,
+              torch.cuda.get_device_name(0) if cuda else "", flush=True)
+        if need_cuda and not cuda:
+            problems.append("torch sees no CUDA device")
+    except Exception as exc:  # what matters is that it is said, whatever it is
+        problems.append(f"import torch: {type(exc).__name__}: {exc}")
+    for module in ("ferens.train", "ferens.study", "ferens.cli", "ferens.torch_augment"):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            problems.append(f"import {module}: {type(exc).__name__}: {exc}")
+    for module, needed_by in (("albumentations", "the albumentations recipes (light, strong)"),
+                              ("imblearn", "imbalance=oversample")):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            print(f"optional: {module} unusable ({type(exc).__name__}); only {needed_by} "
+                  "need it")
+    for problem in problems:
+        print(f"env: error: {problem}", file=sys.stderr)
+    print("env: ok" if not problems else f"env: {len(problems)} problem(s)", flush=True)
+    return 2 if problems else 0
 
 
 # ---------------------------------------------------------------------------- study overrides
@@ -331,14 +410,18 @@ def parse_set(items: list[str]) -> dict:
 
 
 def derive_study(study: Path, out: Path, overrides: dict, results_dir: str | None = None,
-                 out_dir: str | None = None) -> Path:
-    """A copy of a study file with ``overrides`` set in [defaults] and every member (so a trial
-    run cannot be mistaken for, or resume into, the real one: give it its own folders)."""
+                 out_dir: str | None = None, replace: dict | None = None) -> Path:
+    """A copy of a study file with ``overrides`` set in [defaults] and every member, and
+    ``replace`` set only where [defaults] or a member sets that key (a trial's teacher, say),
+    so a trial run cannot be mistaken for, or resume into, the real one: give it its own
+    folders."""
+    replace = replace or {}
     spec = tomllib.loads(study.read_text())
     head = dict(spec.get("study", {}))
     if results_dir:
         head["results_dir"] = results_dir
-    defaults = dict(spec.get("defaults", {})) | overrides
+    defaults = dict(spec.get("defaults", {}))
+    defaults = defaults | overrides | {k: v for k, v in replace.items() if k in defaults}
     if out_dir:
         defaults["out_dir"] = out_dir
     lines = [f"# derived from {study} by experiments/gpu/kit.py with {overrides}", "[study]"]
@@ -346,7 +429,8 @@ def derive_study(study: Path, out: Path, overrides: dict, results_dir: str | Non
     lines += ["", "[defaults]"] + [f"{k} = {_toml_value(v)}" for k, v in defaults.items()]
     for member in spec.get("members", []):
         lines += ["", "[[members]]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in (member | overrides).items()]
+        member = member | overrides | {k: v for k, v in replace.items() if k in member}
+        lines += [f"{k} = {_toml_value(v)}" for k, v in member.items()]
     for table in spec.get("ensembles", []):
         lines += ["", "[[ensembles]]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     if "ray" in spec:
@@ -361,6 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("unpack", help="check and unpack one part")
     p.add_argument("part", type=Path)
     p.add_argument("dest", type=Path)
+    p = sub.add_parser("ensure", help="unpack the carried parts, rebuild and verify (once)")
+    p.add_argument("carry", type=Path)
+    p.add_argument("dest", type=Path)
+    p.add_argument("csv", type=Path)
+    p.add_argument("--no-ferens", action="store_true")
+    p.add_argument("--partial-ok", action="store_true",
+                   help="unpack without rebuilding when parts are still to come")
+    p = sub.add_parser("env", help="versions and imports; exit 2 when training cannot run")
+    p.add_argument("--need-cuda", action="store_true")
     p = sub.add_parser("rebuild", help="write and verify the FER2013 CSV")
     p.add_argument("dest", type=Path)
     p.add_argument("csv", type=Path)
@@ -369,11 +462,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("study", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--set", dest="sets", action="append", default=[])
+    p.add_argument("--replace", dest="replaces", action="append", default=[],
+                   help="key=value set only where the study sets key")
     p.add_argument("--results-dir")
     p.add_argument("--out-dir")
     args = parser.parse_args(argv)
+    if args.cmd == "env":
+        return check_env(args.need_cuda)
     try:
-        if args.cmd == "unpack":
+        if args.cmd == "ensure":
+            report = ensure(args.carry, args.dest, args.csv, check_ferens=not args.no_ferens,
+                            require_all=not args.partial_ok)
+            print(f"kit: data {report['state']}: " + json.dumps(report))
+        elif args.cmd == "unpack":
             m = unpack(args.part, args.dest)
             print(f"kit: unpacked part {m['part']} of {m['parts']} into {args.dest}")
         elif args.cmd == "rebuild":
@@ -381,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                 rebuild(args.dest, args.csv, check_ferens=not args.no_ferens)))
         else:
             derive_study(args.study, args.out, parse_set(args.sets), args.results_dir,
-                         args.out_dir)
+                         args.out_dir, parse_set(args.replaces))
             print(f"kit: wrote {args.out}")
     except (KitError, OSError, ValueError, KeyError) as exc:
         print(f"kit: error: {exc}", file=sys.stderr)
