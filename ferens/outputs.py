@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ferens.bundle_format import is_own_bundle
 from ferens.errors import FerensError
 
 RUN_FILES = {"config.json", "summary.json", "predictions"}
@@ -48,8 +49,6 @@ def is_own_output(folder: Path, kind: str) -> bool:
     """Whether ``folder`` holds nothing but an earlier output of ``kind``: ``ensemble`` or
     ``adjusted`` (a run folder of that kind), ``report``, ``predictions`` or ``bundle``."""
     if kind == "bundle":
-        from ferens.bundle import is_own_bundle
-
         return is_own_bundle(folder)
     names = {p.name for p in folder.iterdir()}
     if not _no_links(folder):

@@ -28,6 +28,12 @@ from ferens.classes import CLASS_NAMES
 from ferens.errors import FerensError
 
 SPLITS = ("val", "test")
+# The small outputs of a finished member that a study's results keep (never its weights or
+# checkpoints); engine-2 members also predict the Training split, so they can teach without
+# their weights.
+MEMBER_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.npz",
+                  "predictions/test.npz")
+OPTIONAL_MEMBER_OUTPUTS = ("predictions/train.npz",)
 
 
 @dataclass
@@ -85,6 +91,11 @@ def unique_names(names: list[str]) -> list[str]:
         seen[name] = seen.get(name, 0) + 1
         out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
     return out
+
+
+def member_outputs(run_dir: Path) -> list[str]:
+    """The small outputs of a finished member that results keep (never checkpoints)."""
+    return [*MEMBER_OUTPUTS, *(n for n in OPTIONAL_MEMBER_OUTPUTS if (run_dir / n).is_file())]
 
 
 @contextmanager

@@ -39,12 +39,8 @@ from ferens.config import NAME_PATTERN, TrainConfig, config_differences
 from ferens.ensemble import METHODS as ALL_METHODS
 from ferens.errors import FerensError
 from ferens.outputs import check_creatable, folder_lock
-from ferens.predictions import read_json, write_json
+from ferens.predictions import member_outputs, read_json, write_json
 
-SMALL_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.npz",
-                 "predictions/test.npz")
-# Engine-2 members also predict the Training split, so they can teach without their weights.
-OPTIONAL_OUTPUTS = ("predictions/train.npz",)
 BACKENDS = ("local", "ray")
 TABLES = ("study", "defaults", "members", "ensembles", "ray")  # [ray]: read by ferens.study_ray
 GROUP_KEYS = {"name", "members", "methods"}  # an [[ensembles]] table
@@ -229,11 +225,6 @@ def is_committed(cfg: TrainConfig, results_dir: Path) -> bool:
         return False
     before = TrainConfig.load(saved / "config.json")
     return not config_differences(before, cfg, ignore=("out_dir", "data", "threads", "workers"))
-
-
-def member_outputs(run_dir: Path) -> list[str]:
-    """The small outputs of a finished member that results keep (never checkpoints)."""
-    return [*SMALL_OUTPUTS, *(n for n in OPTIONAL_OUTPUTS if (run_dir / n).is_file())]
 
 
 def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
@@ -482,9 +473,13 @@ def run_study(path: str | Path, lanes: int | None = None, train: bool = True,
                           "and GPUs each one declares")
     study = load_study(path)
     if train and backend == "ray":
-        from ferens.study_ray import train_members_ray
+        from ferens import study_ray
 
-        failed = train_members_ray(study, address=address, only=only, threads=threads)
+        study_ray.import_ray()  # without Ray: one line on how to install it, before any work
+        pending, committed = pending_members(study, only)
+        failed = study_ray.train_members_ray(
+            pending, study.results_dir, study_ray.load_ray_settings(study.path),
+            committed=len(committed), address=address, threads=threads, say=_say)
     elif train:
         failed = train_members(study, lanes, only=only, threads=threads)
     else:
