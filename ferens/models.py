@@ -37,6 +37,8 @@ def create_member_model(name: str = "resnet18", stem: str = "default", width: fl
     if width <= 0:
         raise FerensError(f"width must be positive, got {width}")
     kwargs = {}
+    # width scales the four stages; timm reads stem_width only for deep stems (resnet18d, ...),
+    # so a plain ResNet's stem keeps 64 channels (saved models depend on this: keep it)
     if width != 1.0:
         kwargs["channels"] = tuple(max(8, round(c * width)) for c in (64, 128, 256, 512))
         kwargs["stem_width"] = max(8, round(64 * width))
