@@ -403,6 +403,7 @@ def _last_line(cfg: TrainConfig) -> str:
 def combine_and_report(study: Study) -> dict:
     """Every ensemble method over the finished members, then the ensembles of each
     ``[[ensembles]]`` group whose runs have all finished, then the report over everything."""
+    import torch  # noqa
     from ferens.adjust import adjust_run
     from ferens.ensemble import build_ensemble
     from ferens.report import write_report
