@@ -9,7 +9,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 .venv/.installed: pyproject.toml
 	test -d .venv || python3 -m venv .venv
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,ray]' $(TORCH)
+	$(PY) -m pip install -q -e '.[dev,ray,mtcnn]' $(TORCH)
 	touch $@
 
 install: .venv/.installed

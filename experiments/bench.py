@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ferens.data import FerDataset
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared/data/fer2013/fer2013.csv.gz"
+DATA = Path(os.environ.get("FERENS_DATA", ROOT.parent / "shared/data/fer2013/fer2013.csv.gz"))
 PREDICT_CONFIG = ROOT / "experiments/ablation/none.toml"
 TRAINED_MEMBER = ROOT / "runs/ablation-none"
 FER_PACKAGE_RATE = "about 1,900"
@@ -133,6 +133,12 @@ def run_child(ns: argparse.Namespace) -> None:
         rows.append(("6. peak RSS of the ensemble + report process (MB)", f"{rss:.0f}",
                      "all five ensembles and the report of 10 members, one process"))
         print(json.dumps({"rows": rows}))
+        return
+    if ns.kind == "recipe":
+        print(json.dumps(recipe_rate(ns)))
+        return
+    if ns.kind == "same":
+        print(json.dumps(recipe_logits(ns)))
         return
     if ns.kind == "bare":
         rate = bare_loop_rate(ns.model, ns.width, ns.batch, ns.steps, ns.threads,
@@ -387,6 +393,7 @@ def bench_default_model(repeats: int, rows: list) -> None:
 
     from ferens.bundle import load_bundle
     from ferens.data import load_fer2013
+    from ferens.faces import default_detector, haar_available
     from ferens.inference import tta_views
     from ferens.predict import measure_throughput, predict_images
     from ferens.shipped import default_model_path
@@ -416,15 +423,22 @@ def bench_default_model(repeats: int, rows: list) -> None:
         photos.mkdir()
         for i in range(20):
             cv2.imwrite(str(photos / f"p{i:02d}.png"), faces_canvas(test.images[4 * i:]))
-        for min_face, tta in [(48, own), (24, own)] + [(48, t) for t in ttas if t != own]:
+        default = default_detector()
+        settings = [(default, None, own), ("haar", 48, own), ("haar", 24, own)]
+        settings += [(default, None, t) for t in ttas if t != own]
+        for detector, min_face, tta in settings:
+            if detector == "haar" and not haar_available():
+                continue
             runs = []
             for _ in range(repeats):
-                frame = predict_images(bundle.with_tta(tta), [photos], min_face=min_face,
-                                       batch_size=64)
-                runs.append((20 / frame.attrs["summary"]["seconds"], len(frame)))
-            rows.append((f"9. 640x480 photos with 4 faces, detection + prediction, --min-face "
-                         f"{min_face}, --tta {tta}, 1 thread (photos/s)",
-                         median_spread([r[0] for r in runs]),
+                frame = predict_images(bundle.with_tta(tta), [photos], detector=detector,
+                                       min_face=min_face, batch_size=64)
+                runs.append((20 / frame.attrs["summary"]["seconds"], len(frame),
+                             frame.attrs["summary"]["min_face"]))
+            mark = " (the default)" if detector == default else ""
+            rows.append((f"9. 640x480 photos with 4 faces, detection + prediction, --detector "
+                         f"{detector}{mark} --min-face {runs[0][2]}, --tta {tta}, 1 thread "
+                         "(photos/s)", median_spread([r[0] for r in runs]),
                          f"{runs[0][1]} of 80 faces found; fer package: about 12 photos/s on "
                          "the same kind of canvas (earlier measurement, not re-run here)"))
         video = Path(tmp) / "clip.avi"
@@ -441,7 +455,8 @@ def bench_default_model(repeats: int, rows: list) -> None:
                 frame = predict_images(bundle, [video], batch_size=64, **options)
                 sampled = frame.attrs["videos"][str(video)]["frames_sampled"]
                 rates.append(sampled / frame.attrs["summary"]["seconds"])
-            rows.append((f"9. 10 s 640x480 video with 4 faces, {label}, 1 thread "
+            rows.append((f"9. 10 s 640x480 video with 4 faces, {label}, --detector "
+                         f"{default}, 1 thread "
                          "(sampled frames/s)", median_spread(rates),
                          f"{250 / (sampled / statistics.median(rates)):.0f} video frames/s "
                          "of input"))
@@ -482,6 +497,163 @@ def bench_ensemble_report(rows: list) -> None:
                      f"ensembles + report {total + took:.1f} s (target < 30 s)"))
 
 
+# --- Study v3: throughput of the v2 final recipe, and what each v3 member costs -------------
+ALLOCATORS = {  # Debian's packages libjemalloc2 and libtcmalloc-minimal4
+    "system": None,
+    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+}
+
+
+def recipe_config(ns: argparse.Namespace):
+    """The v2 final recipe (experiments/study_v2.toml crop44-e90) with the variant's changes;
+    the learning rate is held per image (lr x batch / 64)."""
+    from ferens.config import TrainConfig
+
+    return TrainConfig(model=ns.model, width=ns.width, stem=ns.stem, input_size=ns.input_size,
+                       crop_size=ns.crop, augment="strong", tta="tencrop", select_tta="flip",
+                       epochs=90, batch_size=ns.batch, lr=0.002 * ns.batch / 64, threads=1,
+                       compile=ns.compile)
+
+
+def _recipe_parts(ns: argparse.Namespace, rows: int):
+    import torch
+
+    from ferens.data import load_fer2013
+    from ferens.train import build_parts
+
+    torch.set_num_threads(1)
+    cfg = recipe_config(ns)
+    train = load_fer2013(DATA).split("train").subset(np.arange(rows))
+    parts = build_parts(cfg, train, torch.device("cpu"))
+    if ns.fused:  # the same AdamW update in one fused kernel per parameter group
+        groups = [{k: v for k, v in g.items() if k not in ("initial_lr", "lr")}
+                  for g in parts.optimizer.param_groups]
+        parts.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+        parts.scheduler.optimizer = parts.optimizer
+    return cfg, train, parts
+
+
+def recipe_rate(ns: argparse.Namespace) -> dict:
+    """Training images per second of train_one_epoch (wall clock and per CPU-second of this
+    process, which other load on the machine changes less) after a warm-up epoch."""
+    import torch
+
+    from ferens.loader import TrainLoader
+    from ferens.train import train_one_epoch
+
+    warm_rows = 5 * ns.batch
+    cfg, train, parts = _recipe_parts(ns, warm_rows + ns.steps * ns.batch)
+    cpu = torch.device("cpu")
+    warm = train.subset(np.arange(warm_rows))
+    train_one_epoch(parts, TrainLoader(warm.images, warm.labels, cfg, cpu), cfg, 1, False)
+    rest = train.subset(np.arange(warm_rows, len(train)))
+    t, c = time.perf_counter(), time.process_time()
+    train_one_epoch(parts, TrainLoader(rest.images, rest.labels, cfg, cpu), cfg, 2, False)
+    wall, cpu_s = time.perf_counter() - t, time.process_time() - c
+    return {"rate": len(rest) / wall, "cpu_rate": len(rest) / cpu_s}
+
+
+def recipe_logits(ns: argparse.Namespace) -> dict:
+    """Two epochs of the variant on the first Training rows, then val logits with flip: what
+    'the same numbers' is judged on (saved to ns.save)."""
+    import torch
+
+    from ferens.data import load_fer2013
+    from ferens.inference import predict_logits
+    from ferens.loader import TrainLoader
+    from ferens.train import train_one_epoch
+
+    cfg, train, parts = _recipe_parts(ns, ns.steps * 64)
+    cpu = torch.device("cpu")
+    loader = TrainLoader(train.images, train.labels, cfg, cpu)
+    for epoch in (1, 2):
+        train_one_epoch(parts, loader, cfg, epoch, False)
+    val = load_fer2013(DATA).split("val")
+    logits = predict_logits(parts.model, val.images, cfg, cpu, tta="flip")
+    np.save(ns.save, logits)
+    return {"saved": ns.save}
+
+
+def _variant_args(variant: dict) -> list[str]:
+    args = []
+    for key in ("model", "width", "stem", "input_size", "crop", "batch"):
+        if key in variant:
+            args += [f"--{key.replace('_', '-')}", str(variant[key])]
+    args += ["--compile"] if variant.get("compile") else []
+    args += ["--fused"] if variant.get("fused") else []
+    return args
+
+
+def _variant_child(kind: str, variant: dict, steps: int, extra: list[str] = ()) -> dict:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    lib = ALLOCATORS[variant.get("allocator", "system")]
+    if lib:
+        env["LD_PRELOAD"] = lib
+    out = subprocess.run([sys.executable, __file__, "--child", "--kind", kind, "--threads", "1",
+                          "--steps", str(steps), *_variant_args(variant), *extra],
+                         capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+THROUGHPUT_VARIANTS = [  # (row label, variant); the first is the yardstick
+    ("v2 final recipe as trained (system malloc, batch 64)", {}),
+    ("tcmalloc (LD_PRELOAD)", {"allocator": "tcmalloc"}),
+    ("jemalloc (LD_PRELOAD)", {"allocator": "jemalloc"}),
+    ("fused AdamW", {"fused": True}),
+    ("torch.compile of the model", {"compile": True}),
+    ("batch 128, lr x2 (held per image)", {"batch": 128}),
+    ("tcmalloc + fused AdamW", {"allocator": "tcmalloc", "fused": True}),
+]
+MEMBER_VARIANTS = [  # study v3's members (experiments/study_v3.toml)
+    ("resnet18 w0.5, 44 px crops (v2 final recipe)", {}),
+    ("resnet34 w0.5 (v3-r34)", {"model": "resnet34"}),
+    ("resnet18 w0.5, 44 px faces, 40 px crops (v3-in44c40)", {"input_size": 44, "crop": 40}),
+    ("resnet50 w0.5 (v3-r50)", {"model": "resnet50"}),
+    ("resnet18 w0.5, stride-2 stem (v3-r18s2)", {"stem": "s2"}),
+    ("resnet18 w1.0 (v3-r18w1)", {"width": 1.0}),
+]
+
+
+def bench_throughput(repeats: int, steps: int, rows: list) -> None:
+    """Each variant of the v2 final recipe in its own process, repeats interleaved so drift
+    hits all alike; then whether it gives the same numbers: val logits after two epochs on
+    the first Training rows, against the yardstick's."""
+    rates = {label: [] for label, _ in THROUGHPUT_VARIANTS}
+    for _ in range(repeats):
+        for label, variant in THROUGHPUT_VARIANTS:
+            rates[label].append(_variant_child("recipe", variant, steps))
+    base_cpu = statistics.median(r["cpu_rate"] for r in rates[THROUGHPUT_VARIANTS[0][0]])
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = None
+        for i, (label, variant) in enumerate(THROUGHPUT_VARIANTS):
+            save = str(Path(tmp) / f"{i}.npy")
+            _variant_child("same", variant, 10, ["--save", save])
+            logits = np.load(save)
+            reference = logits if reference is None else reference
+            diff = float(np.abs(logits - reference).max())
+            agree = float((logits.argmax(1) == reference.argmax(1)).mean())
+            cpu = [r["cpu_rate"] for r in rates[label]]
+            wall = [r["rate"] for r in rates[label]]
+            rows.append((f"9. {label}: training img per CPU-second (wall img/s)",
+                         f"{median_spread(cpu)} ({statistics.median(wall):.0f})",
+                         f"x{statistics.median(cpu) / base_cpu:.2f}; after 2 epochs: val "
+                         f"logits max diff {diff:.2g}, same top class on {agree:.1%}"))
+
+
+def bench_members(repeats: int, steps: int, rows: list) -> None:
+    rates = {label: [] for label, _ in MEMBER_VARIANTS}
+    for _ in range(repeats):
+        for label, variant in MEMBER_VARIANTS:
+            rates[label].append(_variant_child("recipe", variant, steps)["cpu_rate"])
+    base = statistics.median(rates[MEMBER_VARIANTS[0][0]])
+    for label, _ in MEMBER_VARIANTS:
+        rate = statistics.median(rates[label])
+        rows.append((f"10. {label}: training img per CPU-second", median_spread(rates[label]),
+                     f"cost x{base / rate:.2f} per epoch; 90 epochs = "
+                     f"{90 * 28709 / rate / 60:.0f} CPU-min"))
+
+
 def write_table(rows: list, out: Path, seconds: float) -> None:
     import torch
 
@@ -516,6 +688,12 @@ def main() -> None:
     parser.add_argument("--engine", type=int, default=2)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--augment", default="light")
+    parser.add_argument("--stem", default="default")
+    parser.add_argument("--input-size", type=int, default=48)
+    parser.add_argument("--crop", type=int, default=44)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--fused", action="store_true")
+    parser.add_argument("--save", default="")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     parser.add_argument("--only",
                         default="training,engine,data,inference,predict,default,ensemble")
@@ -540,6 +718,10 @@ def main() -> None:
         bench_predict(repeats, rows)
     if "default" in parts:
         bench_default_model(repeats, rows)
+    if "throughput" in parts:
+        bench_throughput(repeats, 4 * steps, rows)
+    if "members" in parts:
+        bench_members(repeats, steps, rows)
     if "ensemble" in parts:
         rows.extend(child(["--kind", "report", "--threads", "1"])["rows"])
     write_table(rows, ns.out, time.perf_counter() - start)

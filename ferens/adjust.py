@@ -11,6 +11,7 @@ via logit adjustment", ICLR 2021). The prior is the class frequency of the val l
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -50,6 +51,16 @@ def adjusted_log_probs(log_probs: np.ndarray, log_prior: np.ndarray, tau: float)
     return log_softmax(np.asarray(log_probs, np.float64) - tau * np.asarray(log_prior), axis=1)
 
 
+def check_options(select: str, max_accuracy_loss: float) -> None:
+    """A known selection rule and an accuracy budget from 0 to 1 (a share of val accuracy)."""
+    if select not in SELECT:
+        raise FerensError(f"unknown tau selection {select!r}; choose one of {list(SELECT)}")
+    if (isinstance(max_accuracy_loss, bool) or not isinstance(max_accuracy_loss, int | float)
+            or not math.isfinite(max_accuracy_loss) or not 0 <= max_accuracy_loss <= 1):
+        raise FerensError(f"--max-accuracy-loss {max_accuracy_loss!r}: expected a number from "
+                          "0 to 1 (0.01 = one point of val accuracy)")
+
+
 def choose_tau(log_probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
                select: str = "macro-f1", max_accuracy_loss: float = 0.01,
                grid: tuple[float, ...] = TAU_GRID) -> tuple[float, list[dict]]:
@@ -59,8 +70,7 @@ def choose_tau(log_probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
     the largest tau such that it and every smaller one keep accuracy within
     ``max_accuracy_loss`` of tau = 0, i.e. the most rare-class recall the budget allows.
     """
-    if select not in SELECT:
-        raise FerensError(f"unknown tau selection {select!r}; choose one of {list(SELECT)}")
+    check_options(select, max_accuracy_loss)
     if grid[0] != 0 or list(grid) != sorted(grid):
         raise FerensError("the tau grid must be increasing and start at 0")
     labels_all = list(range(log_probs.shape[1]))
@@ -88,6 +98,7 @@ def adjust_run(run_dir: str | Path, out: str | Path, tau: float | None = None,
     run_dir, out = Path(run_dir), Path(out)
     if tau is not None and not (np.isfinite(tau) and 0 <= tau <= 100):
         raise FerensError(f"--tau {tau}: expected a finite number from 0 to 100")
+    check_options(select, max_accuracy_loss)
     check_output_folder(out, [run_dir], "adjusted", "an adjusted run", "source run")
     check_replaceable(out, "adjusted")
     source = load_run(run_dir)
@@ -98,7 +109,7 @@ def adjust_run(run_dir: str | Path, out: str | Path, tau: float | None = None,
         chosen = float(tau)
     adjusted = {
         s: Predictions(adjusted_log_probs(p.log_probs, log_prior, chosen).astype(np.float32),
-                       p.labels, p.row_ids, p.class_names)
+                       p.labels, p.row_ids, p.class_names, p.files)
         for s, p in source.splits.items()}
     with output_folder(out, "adjusted") as tmp:
         _write_adjusted(tmp, out.name, run_dir, source, adjusted, chosen, log_prior, table,

@@ -60,6 +60,30 @@ def train_pipeline(name: str, input_size: int = 48, crop_size: int = 0,
     return A.Compose(steps, seed=seed)
 
 
+def check_train_pipeline(name: str, input_size: int = 48, crop_size: int = 0,
+                         override: dict | None = None, flip: bool = True) -> None:
+    """Build the training pipeline and run it on a few faces, so a pipeline that fails only
+    when applied (a bad argument value, an output of the wrong size or type) is refused while
+    the config is checked, before any run folder is written."""
+    pipeline = train_pipeline(name, input_size, crop_size, override, flip=flip)
+    side = crop_size or input_size
+    faces = [np.zeros((48, 48), np.uint8),
+             np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)]
+    for seed, face in enumerate(faces * 2):
+        pipeline.set_random_seed(seed)
+        try:
+            out = pipeline(image=face)["image"]
+        except Exception as exc:
+            raise FerensError(f"augment_override fails on a 48x48 face "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != (side, side):
+            got = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray)
+                   else type(out).__name__)
+            raise FerensError(f"augment_override turns a 48x48 face into {got}; training needs "
+                              f"uint8 ({side}, {side}) images (the resize and crop are added "
+                              "by ferens)")
+
+
 def eval_pipeline(input_size: int = 48, crop_size: int = 0) -> A.Compose:
     """Deterministic evaluation transform matching the training geometry."""
     steps = _resize(input_size)

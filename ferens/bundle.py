@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,14 @@ from scipy.special import log_softmax, softmax
 from torch import nn
 
 from ferens.adjust import adjusted_log_probs
-from ferens.bundle_format import FORMAT, FORMAT_VERSION, MANIFEST, MEMBER_FILES
+from ferens.bundle_format import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MANIFEST_KEYS,
+    MEMBER_FILES,
+    MEMBER_KEYS,
+)
 from ferens.classes import CLASS_NAMES
 from ferens.config import TTA, TrainConfig
 from ferens.data import file_sha256
@@ -397,6 +405,7 @@ def _read_manifest(path: Path) -> dict:
     for key in ("members", "combiner", "class_names"):
         if key not in manifest:
             raise FerensError(f"{path / MANIFEST}: corrupted manifest (no {key!r})")
+    _refuse_unknown_keys(manifest, MANIFEST_KEYS, path / MANIFEST, "")
     members = manifest["members"]
     if not isinstance(members, list) or not members:
         raise FerensError(f"{path / MANIFEST}: corrupted manifest (no members)")
@@ -406,6 +415,15 @@ def _read_manifest(path: Path) -> dict:
                 isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise FerensError(f"{path / MANIFEST}: corrupted manifest (member {i} is not a "
                               "table with the names and checksums of its files)")
+        _refuse_unknown_keys(entry, MEMBER_KEYS, path / MANIFEST, f"member {i} ")
+        for name in files:
+            if name not in MEMBER_FILES:
+                raise FerensError(f"{path / MANIFEST}: member {i} lists {name[:100]!r}, which "
+                                  f"is not a file a bundle may contain (only "
+                                  f"{list(MEMBER_FILES)}); refusing the whole bundle")
+        for needed in ("config.json", "model.safetensors"):
+            if needed not in files:
+                raise FerensError(f"{path / MANIFEST}: member {i} lists no {needed}")
     names = manifest["class_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise FerensError(f"{path / MANIFEST}: corrupted manifest (class_names is not a list "
@@ -414,23 +432,52 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
-def _check_files(folder: Path, files: dict[str, str]) -> None:
-    """Every listed file is one a bundle may contain, is no link, exists inside the member's
-    folder and has its recorded SHA-256."""
-    if folder.is_symlink():
-        raise FerensError(f"{folder}: is a link; a bundle is opened only through its own folders")
+def _refuse_unknown_keys(table: dict, known: set[str], where: Path, what: str) -> None:
+    """A manifest states the bundle's contents and nothing else: any other key (extra file
+    lists, paths outside the bundle) means it was not written by `ferens export`."""
+    unknown = sorted(str(k)[:60] for k in set(table) - known)
+    if unknown:
+        raise FerensError(f"{where}: {what}states unknown key(s) {unknown[:5]}, which `ferens "
+                          "export` never writes; refusing the bundle (tampered or from an "
+                          "unknown tool)")
+
+
+def _refuse_links(path: Path, parts: tuple[str, ...]) -> Path:
+    """``path/parts...`` after checking each component below ``path`` with lstat, before
+    anything under it is opened: a link anywhere is refused with the same message whatever it
+    points at (nothing about the target is revealed)."""
+    current = path
+    for part in parts:
+        current = current / part
+        try:
+            mode = current.lstat().st_mode
+        except FileNotFoundError:
+            return current
+        except OSError as exc:
+            raise FerensError(f"{current}: cannot be read ({exc.strerror})") from None
+        if stat.S_ISLNK(mode):
+            raise FerensError(f"{current}: is a link; a bundle is opened only through its own "
+                              "folders and files, never through a link")
+    return current
+
+
+def _check_files(bundle: Path, index: int, files: dict[str, str]) -> Path:
+    """Every listed file of member ``index`` is a plain file (no link on the way, no FIFO)
+    inside the member's folder with its recorded SHA-256; returns the member's folder."""
+    folder = _refuse_links(bundle, ("members", str(index)))
     for name, digest in files.items():
-        if name not in MEMBER_FILES:
-            raise FerensError(f"{folder.parent.parent / MANIFEST}: {name!r} is not a file a "
-                              f"bundle may contain (only {list(MEMBER_FILES)})")
-        file = folder / name
-        if file.is_symlink():
-            raise FerensError(f"{file}: is a link; a bundle never follows links")
-        if not file.is_file():
-            raise FerensError(f"{file}: missing from the bundle")
+        file = _refuse_links(bundle, ("members", str(index), name))
+        try:
+            mode = file.lstat().st_mode
+        except FileNotFoundError:
+            raise FerensError(f"{file}: missing from the bundle (the manifest lists it)"
+                              ) from None
+        if not stat.S_ISREG(mode):
+            raise FerensError(f"{file}: not a plain file; a bundle holds only files")
         if file_sha256(file) != digest:
             raise FerensError(f"{file}: corrupted (SHA-256 differs from the manifest; "
                               "truncated or modified?)")
+    return folder
 
 
 def load_bundle(path: str | Path, device: torch.device | None = None) -> Bundle:
@@ -443,12 +490,9 @@ def load_bundle(path: str | Path, device: torch.device | None = None) -> Bundle:
     if tuple(manifest["class_names"]) != CLASS_NAMES:
         raise FerensError(f"{path}: class names {manifest['class_names']} are not FER2013's")
     members = []
+    _refuse_links(path, ("members",))
     for i, entry in enumerate(manifest["members"]):
-        folder = path / "members" / str(i)
-        _check_files(folder, entry.get("files", {}))
-        for needed in ("config.json", "model.safetensors"):
-            if needed not in entry.get("files", {}):
-                raise FerensError(f"{path / MANIFEST}: member {i} lists no {needed}")
+        folder = _check_files(path, i, entry["files"])
         cfg = TrainConfig.load(folder / "config.json")
         onnx_path = folder / "model.onnx" if "model.onnx" in entry["files"] else None
         members.append(BundleMember(entry.get("name", cfg.name), cfg,

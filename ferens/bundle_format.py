@@ -13,6 +13,11 @@ FORMAT = "ferens-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MEMBER_FILES = ("config.json", "model.safetensors", "model.onnx")
+# What a manifest may state (export writes these; make_default_model adds the provenance).
+MANIFEST_KEYS = {"format", "format_version", "ferens_version", "torch", "name", "source", "kind",
+                 "method", "class_names", "onnx", "members", "combiner",
+                 "verified_max_test_probability_difference", "weights_dtype", "provenance"}
+MEMBER_KEYS = {"name", "source", "test_accuracy", "files"}
 
 
 def is_own_bundle(folder: Path) -> bool:

@@ -12,23 +12,10 @@ from ferens.errors import FerensError
 # Small numpy/scikit-learn work: one BLAS thread each, else a busy 2-core box slows 30x.
 SINGLE_THREAD_COMMANDS = ("ensemble", "adjust", "report", "study")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# rich_markup_mode=None: help texts print as written. Rich markup would eat every bracketed
+# default ("Parent folder of runs [runs]." printed as "Parent folder of runs .").
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Facial-expression recognition on FER2013.")
-
-
-def _load_config_file(path: Path) -> dict:
-    """A member config from .json or .toml (the [member] table, or the top level)."""
-    import json
-    import tomllib
-
-    if not path.is_file():
-        raise FerensError(f"{path}: config file not found")
-    try:
-        values = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(
-            path.read_text())
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise FerensError(f"{path}: cannot parse config ({exc})") from None
-    return values.get("member", values)
 
 
 def _parse_set(pairs: list[str]) -> dict:
@@ -100,15 +87,24 @@ def train_member_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Train one ensemble member and write runs/NAME (predictions, metrics, summary)."""
-    from ferens.config import TrainConfig
+    from ferens.config import TrainConfig, load_config_file
     from ferens.train import train_member
 
-    values = _load_config_file(config) if config else {}
+    values = load_config_file(config) if config else {}
     flags = {k: v for k, v in locals().items()
              if k in TrainConfig.__dataclass_fields__ and v is not None}
-    values |= flags | _parse_set(set_)
-    summary = train_member(TrainConfig.from_dict(values), resume=resume,
-                           show_progress=not quiet)
+    sets = _parse_set(set_)
+    name_from = ("from --name" if name else "from --set name" if "name" in sets
+                 else f"from --config {config}" if "name" in values else None)
+    values |= flags | sets
+    derived = name_from is None  # never a silent default: say which name the run gets, and why
+    if derived:
+        values["name"] = config.stem if config else TrainConfig.name
+        name_from = (f"taken from the file name of --config {config}" if config
+                     else "ferens' default, as no --name was given")
+    cfg = TrainConfig.from_dict(values)
+    summary = train_member(cfg, resume=resume, show_progress=not quiet, name_from=name_from,
+                           name_derived=derived)
     test = summary["test"]
     print(f"{summary['name']}: val acc {summary['val']['accuracy']:.4f}, "
           f"test acc {test['accuracy']:.4f}, test macro-F1 {test['macro_f1']:.4f}, "
@@ -241,8 +237,13 @@ def predict_cmd(
                                    help="Treat each image as an aligned face crop."),
     annotate: bool = typer.Option(False, "--annotate",
                                   help="Write annotated copies of images to OUT/annotated/."),
-    detector: str = typer.Option("auto", help="auto | haar (OpenCV 4) | lbp (scikit-image)."),
-    min_face: int = typer.Option(48, help="Smallest face searched for, in pixels."),
+    detector: str = typer.Option(
+        "auto", help="auto (mtcnn when installed, else haar) | mtcnn (pip install "
+        "'ferens[mtcnn]') | haar (OpenCV 4) | lbp (scikit-image)."),
+    min_face: int | None = typer.Option(
+        None, help="Smallest face box searched for, in pixels [mtcnn 32, haar and lbp 48]."),
+    confidence: float | None = typer.Option(
+        None, help="mtcnn: smallest face score kept, 0-1 [0.7]."),
     every: int | None = typer.Option(None, help="Videos: predict every N-th frame."),
     fps: float | None = typer.Option(None, help="Videos: frames sampled per second [5]."),
     detect_every: int = typer.Option(
@@ -257,7 +258,12 @@ def predict_cmd(
     class), a summary and a timeline plot per video."""
     from ferens.inference import configure_threads
     from ferens.outputs import check_replaceable, output_folder
-    from ferens.predict import format_summary, predict_images, write_predictions
+    from ferens.predict import (
+        check_some_input_read,
+        format_summary,
+        predict_images,
+        write_predictions,
+    )
     from ferens.shipped import load_model
 
     if every is not None and fps is not None:
@@ -270,7 +276,8 @@ def predict_cmd(
                                annotate_dir=tmp / "annotated" if annotate else None,
                                batch_size=batch_size, backend=backend, detector=detector,
                                min_face=min_face, every=every, fps=fps,
-                               detect_every=detect_every)
+                               detect_every=detect_every, confidence=confidence)
+        check_some_input_read(frame)
         write_predictions(frame, tmp, loaded)
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     print(format_summary(frame))
@@ -290,6 +297,7 @@ def evaluate_cmd(
         None, help="Views per face: none | flip | shift | tencrop [the model's own]."),
     out: Path | None = typer.Option(None, help="Also write the metrics to this JSON file."),
     threads: int = typer.Option(0, help="CPU threads (0 = $OMP_NUM_THREADS or all cores)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Accuracy, macro-F1 and per-class recall of a bundle on labelled FER2013 data."""
     from ferens.evaluate import evaluate_bundle
@@ -301,7 +309,8 @@ def evaluate_cmd(
     if out is not None:
         check_output_file(out)
     configure_threads(threads)
-    metrics = evaluate_bundle(load_model(model).bundle.with_tta(tta), data, split, backend)
+    metrics = evaluate_bundle(load_model(model).bundle.with_tta(tta), data, split, backend,
+                              show_progress=not quiet)
     print(f"{metrics['model']} on {metrics['data']} [{split}, {metrics['rows']} rows]: "
           f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     print("recall: " + ", ".join(f"{c} {r:.3f}" for c, r in metrics["per_class_recall"].items()))
@@ -333,6 +342,16 @@ def study_cmd(
         raise FerensError(f"members failed: {outcome['failed']}")
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: the path(s) and the system's reason."""
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    reason = exc.strerror or str(exc)
+    hint = {28: " (the disk is full: free space or write elsewhere)",
+            30: " (write the output elsewhere)", 13: " (write the output elsewhere)",
+            36: " (choose a shorter name)"}.get(exc.errno, "")
+    return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit with code 2, never a traceback."""
     import os
@@ -343,8 +362,11 @@ def main() -> None:
             os.environ.setdefault(var, "1")
     try:
         app(standalone_mode=False)
-    except FerensError as exc:
-        print(f"ferens: error: {exc}", file=sys.stderr)
+    except FerensError as exc:  # one line, even when a library's message had several
+        print(f"ferens: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a full disk, a read-only folder, no permission, a name too long
+        print(f"ferens: error: {describe_os_error(exc)}", file=sys.stderr)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         print("ferens: interrupted", file=sys.stderr)

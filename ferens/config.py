@@ -200,6 +200,8 @@ class TrainConfig:
                   or ("dict" in kinds and isinstance(value, dict)))
             if not ok:
                 raise FerensError(f"config {f.name}={value!r}: expected {f.type}")
+            if isinstance(value, str) and "\x00" in value:
+                raise FerensError(f"config {f.name}={value!r}: contains a NUL character")
         for key, (low, high, low_in, high_in) in RANGES.items():
             value = getattr(self, key)
             if (value < low or (value == low and not low_in)
@@ -223,7 +225,7 @@ class TrainConfig:
         try:
             return cls(**values)
         except FerensError as exc:
-            raise FerensError(f"{source}: {exc}") from None
+            raise FerensError(str(exc) if source == "config" else f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -234,8 +236,9 @@ class TrainConfig:
         path = Path(path)
         try:
             values = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FerensError(f"{path}: cannot read config ({exc})") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise FerensError(f"{path}: cannot read config ({str(exc) or 'nested too deeply'})"
+                              ) from None
         if not isinstance(values, dict):
             raise FerensError(f"{path}: a config must be a JSON object")
         for key, value in LEGACY_DEFAULTS.items():
@@ -247,6 +250,46 @@ def saved_defaults() -> dict:
     """The value of every field for a saved config.json that lacks it (the rule of
     `TrainConfig.load`): ``LEGACY_DEFAULTS`` where an older default differs, else today's."""
     return TrainConfig().to_dict() | LEGACY_DEFAULTS
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file (a config or study file); a missing or unreadable file, or bytes that
+    are not UTF-8 (a Latin-1 'é'), is one FerensError naming the file and the byte."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerensError(f"{path}: {what} not found")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise FerensError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise FerensError(f"{path}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 "
+                          "(save the file as UTF-8)") from None
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Member settings from .json (an object) or .toml (the [member] table, or the top
+    level), for ``train-member --config``; any problem is one FerensError naming the file."""
+    import tomllib
+
+    path = Path(path)
+    text = read_text(path, "config file")
+    try:
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise FerensError(f"{path}: cannot parse config ({exc})") from None
+    except RecursionError:
+        raise FerensError(f"{path}: cannot parse config (nested too deeply)") from None
+    if isinstance(values, dict) and "member" in values:
+        values = values["member"]
+    if not isinstance(values, dict):
+        raise FerensError(f"{path}: a config must be "
+                          + ("a [member] table" if path.suffix == ".toml"
+                             else "a JSON object {...}") + f", not {type(values).__name__}")
+    return values
 
 
 def config_differences(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:

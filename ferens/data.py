@@ -11,11 +11,14 @@ Every example keeps its original row index (``row_ids``) so predictions can be j
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import os
 import re
+import stat
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,9 @@ FERPLUS_TO_FER = {"anger": 0, "disgust": 1, "fear": 2, "happiness": 3, "sadness"
 FOLDER_CLASS_NAMES = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 ROWS_PER_BLOCK = 2048
+# The most a FER2013 CSV (or its inflated .gz) may hold: a row is at most ~9.2 KB (2,304
+# pixels of up to 3 digits), so 1 GiB is over 110,000 rows, three times FER2013's 35,887.
+MAX_CSV_BYTES = 2**30
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -50,13 +56,15 @@ class FerDataset:
     usage: np.ndarray
     row_ids: np.ndarray
     source: Path
+    files: np.ndarray | None = None  # an image folder's files (relative paths), row by row
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, mask: np.ndarray) -> FerDataset:
         return FerDataset(self.images[mask], self.labels[mask], self.usage[mask],
-                          self.row_ids[mask], self.source)
+                          self.row_ids[mask], self.source,
+                          None if self.files is None else self.files[mask])
 
     def split(self, name: str) -> FerDataset:
         """One of ``train``, ``val``, ``test``; an empty split is an error."""
@@ -64,7 +72,8 @@ class FerDataset:
             raise FerensError(f"unknown split {name!r}; expected train, val or test")
         part = self.subset(self.usage == SPLIT_TO_USAGE[name])
         if len(part) == 0:
-            raise FerensError(f"{self.source}: split {name} ({SPLIT_TO_USAGE[name]}) is empty")
+            raise FerensError(f"{self.source}: split {name} ({SPLIT_TO_USAGE[name]}) is empty"
+                              + (folder_split_hint(name) if Path(self.source).is_dir() else ""))
         return part
 
     def class_counts(self) -> np.ndarray:
@@ -72,10 +81,14 @@ class FerDataset:
 
 
 def resolve_data_path(path: str | Path | None) -> Path:
-    """The data path from the argument, else $FERENS_DATA, else the shared copy."""
+    """The data path from the argument, else $FERENS_DATA, else the shared copy: a folder or
+    a regular file (a FIFO or device would block the first read forever)."""
     chosen = Path(path or os.environ.get("FERENS_DATA") or DEFAULT_DATA)
     if not chosen.exists():
         raise FerensError(f"{chosen}: FER2013 data not found (pass --data PATH or set FERENS_DATA)")
+    if not (chosen.is_dir() or chosen.is_file()):
+        raise FerensError(f"{chosen}: not a regular file or a folder (a FIFO, socket or "
+                          "device?); give fer2013.csv(.gz) or an image folder")
     return chosen
 
 
@@ -84,37 +97,122 @@ def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerDatas
     path = resolve_data_path(path)
     if path.is_dir():
         return _load_image_folder(path)
-    cache_file = _cache_dir() / f"fer2013-{file_sha256(path)[:16]}.npz" if cache else None
+    _check_csv_size(path)
+    folder = _cache_dir() if cache else None
+    cache_file = folder / f"fer2013-{file_sha256(path)[:16]}.npz" if folder else None
     if cache_file is not None and cache_file.is_file():
-        with np.load(cache_file, allow_pickle=False) as z:
-            return FerDataset(z["images"], z["labels"], z["usage"], z["row_ids"], path)
+        cached = _read_cache(cache_file, path)
+        if cached is not None:
+            return cached
     ds = _parse_csv(path)
     if cache_file is not None:
-        from ferens.predictions import atomic_path
-
-        with atomic_path(cache_file, ".npz") as tmp:
-            np.savez(tmp, images=ds.images, labels=ds.labels, usage=ds.usage,
-                     row_ids=ds.row_ids)
+        _write_cache(cache_file, ds)
     return ds
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("FERENS_CACHE", Path.home() / ".cache" / "ferens"))
+# The data cache is optional: when it cannot be used, loading warns once and goes on without it.
+_CACHE_WARNED: set[str] = set()
+
+
+def _cache_warning(text: str) -> None:
+    if text not in _CACHE_WARNED:
+        _CACHE_WARNED.add(text)
+        print(f"ferens: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _cache_dir() -> Path | None:
+    """$FERENS_CACHE, else ~/.cache/ferens; None (no cache) when there is no home folder."""
+    if os.environ.get("FERENS_CACHE"):
+        return Path(os.environ["FERENS_CACHE"])
+    try:
+        return Path.home() / ".cache" / "ferens"
+    except (RuntimeError, KeyError):  # no $HOME and no entry in the password database
+        _cache_warning("no home folder for the data cache; parsing the data without it "
+                       "(set FERENS_CACHE to a writable folder to cache it)")
+        return None
+
+
+def _read_cache(cache_file: Path, source: Path) -> FerDataset | None:
+    """A cache entry, or None after deleting one that is damaged (truncated, half-written),
+    so it is rebuilt now instead of breaking every later run."""
+    try:
+        with np.load(cache_file, allow_pickle=False) as z:
+            ds = FerDataset(z["images"], z["labels"], z["usage"], z["row_ids"], source)
+        n = len(ds.labels)
+        if (ds.images.shape != (n, IMAGE_SIDE, IMAGE_SIDE) or ds.images.dtype != np.uint8
+                or ds.usage.shape != (n,) or ds.row_ids.shape != (n,)):
+            raise ValueError("arrays of the wrong shape")
+        return ds
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError
+        _cache_warning(f"{cache_file}: damaged data cache entry ({type(exc).__name__}); "
+                       "parsing the data again and rebuilding it")
+        try:
+            cache_file.unlink()
+        except OSError:
+            pass
+        return None
+
+
+def _write_cache(cache_file: Path, ds: FerDataset) -> None:
+    """Cache a parsed dataset; a full or read-only disk only costs the cache (one warning)."""
+    from ferens.predictions import atomic_path
+
+    try:
+        with atomic_path(cache_file, ".npz") as tmp:
+            np.savez(tmp, images=ds.images, labels=ds.labels, usage=ds.usage,
+                     row_ids=ds.row_ids)
+    except OSError as exc:
+        _cache_warning(f"cannot write the data cache {cache_file.parent} "
+                       f"({exc.strerror or exc}); going on without it (set FERENS_CACHE to "
+                       "a writable folder to cache the parsed data)")
+
+
+def open_regular(path: Path):
+    """``path`` opened for reading in binary, refused with one line unless it is a regular
+    file (opened without blocking, so a FIFO swapped in after a check cannot hang ferens)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FerensError(f"{path}: cannot read ({exc.strerror})") from None
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise FerensError(f"{path}: not a regular file (a FIFO, socket or device?)")
+    return fh
 
 
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file (cache keys, bundle checksums)."""
-    with open(path, "rb") as fh:
+    """Hex SHA-256 of a regular file (cache keys, bundle checksums)."""
+    with open_regular(path) as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def _check_csv_size(path: Path) -> None:
+    """Refuse a CSV file larger than any FER2013 CSV could plausibly be, before reading it."""
+    size = path.stat().st_size
+    if size > MAX_CSV_BYTES:
+        raise FerensError(f"{path}: a {size / 2**20:,.0f} MiB file, more than a FER2013 CSV can "
+                          f"be (at most {MAX_CSV_BYTES / 2**20:,.0f} MiB; the original is "
+                          "287 MiB); refusing to read it")
+
+
 def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when gzipped, without a leading UTF-8 byte-order mark."""
+    """The file's bytes, gunzipped when gzipped, without a leading UTF-8 byte-order mark.
+
+    At most MAX_CSV_BYTES are read or inflated: a small .gz that inflates to gigabytes is
+    refused with one line instead of being decompressed whole."""
     try:
-        raw = path.read_bytes()
-        raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        with open_regular(path) as fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"
+            fh.seek(0)
+            with gzip.GzipFile(fileobj=fh) if gzipped else contextlib.nullcontext(fh) as src:
+                raw = src.read(MAX_CSV_BYTES + 1)
     except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged deflate stream
         raise FerensError(f"{path}: cannot read ({exc})") from None
+    if len(raw) > MAX_CSV_BYTES:
+        raise FerensError(f"{path}: inflates to more than {MAX_CSV_BYTES / 2**20:,.0f} MiB, "
+                          "more than a FER2013 CSV can be (the original is 287 MiB); "
+                          "refusing to decompress it further")
     return raw[len(UTF8_BOM):] if raw.startswith(UTF8_BOM) else raw
 
 
@@ -254,18 +352,31 @@ def _parse_csv_validating(path: Path, raw: bytes) -> FerDataset:
                       np.arange(len(frame), dtype=np.int64), path)
 
 
+FOLDER_SPLITS = {"train": "Training", "val": "PublicTest", "validation": "PublicTest",
+                 "test": "PrivateTest"}
+
+
+def folder_split_hint(split: str) -> str:
+    """How an image folder gives each split its images (the end of an empty-split error)."""
+    usage = SPLIT_TO_USAGE[split]
+    folders = "/".join(k for k, v in FOLDER_SPLITS.items() if v == usage)
+    return (f". An image folder names each image's split by its top folder, "
+            f"train/<class>/, val/<class>/ and test/<class>/ (so {folders}/<class>/*.png for "
+            f"{split}), or by the Kaggle file prefix Training_, PublicTest_, PrivateTest_ "
+            f"({usage}_*.png), which wins over the folder. A train/ + test/ tree whose files "
+            f"lack these prefixes has no val: add a val/ folder (e.g. move a stratified tenth "
+            f"of train/ there), or use fer2013.csv, whose Usage column holds all three splits")
+
+
 def _split_of_file(name: str, top: str) -> str | None:
     for usage in USAGE_TO_SPLIT:
         if name.startswith(usage + "_"):
             return usage
-    return {"train": "Training", "val": "PublicTest", "validation": "PublicTest",
-            "test": "PrivateTest"}.get(top)
+    return FOLDER_SPLITS.get(top)
 
 
 def _load_image_folder(root: Path) -> FerDataset:
     """``<split>/<class>/*.jpg|png``; Kaggle prefixes Training_/PublicTest_/PrivateTest_ win."""
-    from PIL import Image, UnidentifiedImageError
-
     files = sorted(p for p in root.glob("*/*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FerensError(f"{root}: no images found under <split>/<class>/*.jpg|png")
@@ -277,19 +388,41 @@ def _load_image_folder(root: Path) -> FerDataset:
                               f"expected one of {sorted(FOLDER_CLASS_NAMES)}")
         split = _split_of_file(path.name, top)
         if split is None:
-            raise FerensError(f"{path}: cannot tell the split (folder {top!r}, no Kaggle prefix)")
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("L"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise FerensError(f"{path}: unreadable image ({exc})") from None
-        if arr.shape != (IMAGE_SIDE, IMAGE_SIDE):
-            raise FerensError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, expected 48x48")
-        images.append(arr)
+            raise FerensError(f"{path}: cannot tell the split (folder {top!r}, no Kaggle "
+                              f"prefix); name the top folders {sorted(FOLDER_SPLITS)} or prefix "
+                              f"the files {[u + '_' for u in USAGE_TO_SPLIT]}")
+        images.append(_read_face_file(path))
         labels.append(FOLDER_CLASS_NAMES[cls])
         usage.append(split)
     return FerDataset(np.stack(images), np.array(labels, dtype=np.int64),
-                      np.array(usage).astype(str), np.arange(len(files), dtype=np.int64), root)
+                      np.array(usage).astype(str), np.arange(len(files), dtype=np.int64), root,
+                      np.array([p.relative_to(root).as_posix() for p in files]).astype(str))
+
+
+def _read_face_file(path: Path) -> np.ndarray:
+    """One 48x48 face of an image folder as uint8 gray. The size is read from the header and
+    checked before any pixel is decoded, so an oversized image (a decompression bomb) is one
+    line naming it, never a traceback or gigabytes of memory."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with open_regular(path) as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fh) as im:
+                if im.size != (IMAGE_SIDE, IMAGE_SIDE):
+                    raise FerensError(f"{path}: image is {im.size[0]}x{im.size[1]}, expected "
+                                      "48x48")
+                return np.asarray(im.convert("L"))
+    except Image.DecompressionBombError:
+        raise FerensError(f"{path}: image declares more pixels than PIL will decode (a "
+                          "decompression bomb?); expected 48x48") from None
+    except FerensError:
+        raise
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... on damage
+        raise FerensError(f"{path}: unreadable image ({type(exc).__name__}: "
+                          f"{str(exc)[:200]})") from None
 
 
 def read_ferplus_votes(path: str | Path) -> pd.DataFrame:

@@ -35,9 +35,9 @@ from ferens.predictions import (
     label_set,
     load_predictions,
     load_run,
+    run_names,
     save_predictions,
     split_metrics,
-    unique_names,
     write_json,
 )
 
@@ -49,6 +49,7 @@ STACK_MAX_FOLDS = 5
 STACK_FEATURE_FLOOR = -30.0
 MISSING_CLASS_LOG_PROB = -50.0
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's largest seed
 
 
 @dataclass
@@ -89,7 +90,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 def _with_temperature(preds: Predictions, temperature: float) -> Predictions:
     """The same predictions with logits divided by a temperature."""
     return Predictions(preds.logits.astype(np.float64) / temperature, preds.labels,
-                       preds.row_ids, preds.class_names)
+                       preds.row_ids, preds.class_names, preds.files)
 
 
 def _aligned(preds: Predictions, ref: Predictions, who: str, split: str) -> Predictions:
@@ -110,7 +111,7 @@ def _aligned(preds: Predictions, ref: Predictions, who: str, split: str) -> Pred
         sorter = np.argsort(preds.row_ids)
         order = sorter[np.searchsorted(preds.row_ids, ref.row_ids, sorter=sorter)]
         preds = Predictions(preds.logits[order], preds.labels[order], preds.row_ids[order],
-                            preds.class_names)
+                            preds.class_names, None if preds.files is None else preds.files[order])
     diff = np.flatnonzero(preds.labels != ref.labels)
     if len(diff):
         raise FerensError(f"member {who}: {split} labels differ from the first member on "
@@ -134,7 +135,7 @@ def check_members(members: list[Run]) -> list[Run]:
             + "; a --labels ferplus member has FER+-relabelled, filtered val and test rows, "
             "so it cannot be combined with FER2013-label runs")
     ref = members[0]
-    names = unique_names([m.name for m in members])
+    names = run_names(members)
     for s in SPLITS:
         if len(np.unique(ref.splits[s].row_ids)) != len(ref.splits[s].row_ids):
             raise FerensError(f"member {names[0]} ({ref.path}): {s} row ids contain duplicates")
@@ -332,8 +333,10 @@ def _combine_log_probs(method: str, val_lp: list[np.ndarray], test_lp: list[np.n
             apply_combination(method, params, test_lp), details)
 
 
-def _check_method(method: str, greedy_metric: str) -> None:
-    """Reject unknown methods before any work is done."""
+def _check_method(method: str, greedy_metric: str, seed: int = 0) -> None:
+    """Reject unknown methods and seeds the stacker's folds cannot use before any work."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise FerensError(f"--seed {seed!r}: expected a whole number from 0 to {MAX_SEED}")
     if method not in METHODS:
         raise FerensError(f"unknown ensemble method {method!r}; choose one of {', '.join(METHODS)}")
     if greedy_metric not in GREEDY_METRICS:
@@ -355,7 +358,8 @@ def _calibrated(members: list[Run], names: list[str]) -> tuple[list[Run], dict[s
 
 def _as_predictions(log_probs: np.ndarray, ref: Predictions) -> Predictions:
     """Wrap combined log-probabilities with the reference split's labels and row ids."""
-    return Predictions(log_probs.astype(np.float32), ref.labels, ref.row_ids, ref.class_names)
+    return Predictions(log_probs.astype(np.float32), ref.labels, ref.row_ids, ref.class_names,
+                       ref.files)
 
 
 def _fit(method: str, members: list[Run], names: list[str], temps: dict | None, seed: int,
@@ -372,9 +376,9 @@ def _fit(method: str, members: list[Run], names: list[str], temps: dict | None, 
 def combine(members: list[Run], method: str = "mean", temperature: bool = False, seed: int = 0,
             greedy_metric: str = "accuracy") -> EnsembleResult:
     """Combine loaded runs in memory (fitting only on val) and return ensemble predictions."""
-    _check_method(method, greedy_metric)
+    _check_method(method, greedy_metric, seed)
     members = check_members(members)
-    names = unique_names([m.name for m in members])
+    names = run_names(members)
     temps = None
     if temperature:
         members, temps = _calibrated(members, names)
@@ -470,13 +474,13 @@ def build_ensemble(run_dirs: list[str | Path], method: str = "mean",
     """Load member folders, combine them on val, and write an ensemble folder like a member's."""
     start = time.perf_counter()
     run_dirs, out = [Path(d) for d in run_dirs], Path(out)
-    _check_method(method, greedy_metric)
+    _check_method(method, greedy_metric, seed)
     if len(run_dirs) < 2:
         raise FerensError(f"an ensemble needs at least 2 members, got {len(run_dirs)}")
     check_output_folder(out, run_dirs, "ensemble", "an ensemble", "member")
     check_replaceable(out, "ensemble")
     members = check_members([load_run(d) for d in run_dirs])
-    names = unique_names([m.name for m in members])
+    names = run_names(members)
     with threadpool_limits(limits=1):  # small BLAS problems: extra threads only add overhead
         used, temps = _calibrated(members, names) if temperature else (members, None)
         result = _fit(method, used, names, temps, seed, greedy_metric)

@@ -20,16 +20,26 @@ import torch
 from torch import nn
 
 from ferens.augment import apply, eval_pipeline
-from ferens.config import TrainConfig
+from ferens.config import RANGES, TrainConfig
 from ferens.errors import FerensError
 from ferens.models import create_member_model
 
 SHIFT_PIXELS = 2  # the "shift" TTA moves the view this many pixels up, down, left and right
 
 
+MAX_THREADS = RANGES["threads"][1]  # the config's bound, one number for every thread option
+
+
 def configure_threads(threads: int) -> int:
-    """Set torch's intra-op threads; 0 means $OMP_NUM_THREADS or every core."""
-    chosen = threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or (os.cpu_count() or 1)
+    """Set torch's intra-op threads; 0 means $OMP_NUM_THREADS (when it is a positive whole
+    number) or every core."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not (
+            0 <= threads <= MAX_THREADS):
+        raise FerensError(f"--threads {threads!r}: expected 0 (= $OMP_NUM_THREADS or all "
+                          f"cores) or a number of threads up to {MAX_THREADS}")
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    from_env = int(env) if env.isdigit() and 0 < int(env) <= MAX_THREADS else 0
+    chosen = threads or from_env or (os.cpu_count() or 1)
     torch.set_num_threads(chosen)
     return chosen
 
@@ -87,9 +97,14 @@ def to_tensor(images: np.ndarray | torch.Tensor, device: torch.device,
 
 def load_member_model(cfg: TrainConfig, weights: str | Path,
                       device: torch.device) -> nn.Module:
-    """The member architecture from its config with weights from a safetensors file."""
+    """The member architecture from its config with weights from a safetensors file.
+
+    The model is first built on the meta device (no memory) and its parameter shapes compared
+    with those in the safetensors header, so a config declaring a model other than the weights
+    (say resnet152 at width 8, ~15 GB) is refused before anything is allocated."""
     from safetensors.torch import load_file
 
+    check_weight_shapes(cfg, weights)
     model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate)
     try:
         model.load_state_dict(load_file(str(weights)))
@@ -97,6 +112,27 @@ def load_member_model(cfg: TrainConfig, weights: str | Path,
         raise FerensError(f"{weights}: cannot load weights ({exc})") from None
     model = model.to(device).eval()
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def check_weight_shapes(cfg: TrainConfig, weights: str | Path) -> None:
+    """Refuse weights whose tensor names and shapes (read from the safetensors header, without
+    loading them) differ from those of the model ``cfg`` declares (built on the meta device)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # safetensors' own error types: a damaged or foreign file
+        raise FerensError(f"{weights}: cannot load weights ({exc})") from None
+    with torch.device("meta"):
+        model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate)
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if stored != wanted:
+        differ = sorted(set(stored) ^ set(wanted)) or sorted(
+            k for k in wanted if stored[k] != wanted[k])
+        raise FerensError(f"{weights}: the weights do not fit the model its config declares "
+                          f"({cfg.model}, stem {cfg.stem}, width {cfg.width}; first differing "
+                          f"tensor {differ[0]!r}); refusing to build it")
 
 
 def tta_views(batch: np.ndarray, cfg: TrainConfig, tta: str) -> list[np.ndarray]:

@@ -24,14 +24,25 @@ if set(STEM_LAYOUTS) != set(STEMS):
                       f"ferens.config declares {sorted(STEMS)}")
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a model that is not a ResNet of timm's ``resnet`` module (the one architecture
+    whose width and stem ferens knows how to change): ``resnetv2_50`` or ``resnest14d`` share
+    the prefix but are other classes with other arguments."""
+    if not name.startswith(("resnet", "resnext", "seresnet", "wide_resnet")):
+        raise FerensError(f"model {name!r} is not a timm ResNet (try resnet18, resnet34, resnet50)")
+    if name not in timm.list_models(module="resnet"):
+        other = " (it is in timm, but not a timm.models.resnet ResNet)" if name in (
+            timm.list_models()) else ""
+        raise FerensError(f"unknown model {name!r}{other}; ferens builds the ResNets of "
+                          "timm.models.resnet: resnet18, resnet34, resnet50, resnet18d, "
+                          "resnext50_32x4d, seresnet50, wide_resnet50_2, ...")
+
+
 def create_member_model(name: str = "resnet18", stem: str = "default", width: float = 1.0,
                         pretrained: str | Path | None = None, drop_rate: float = 0.0,
                         num_classes: int = NUM_CLASSES) -> nn.Module:
     """Build a timm ResNet by name for 1-channel input; optionally load local weights."""
-    if not name.startswith(("resnet", "resnext", "seresnet", "wide_resnet")):
-        raise FerensError(f"model {name!r} is not a timm ResNet (try resnet18, resnet34, resnet50)")
-    if name not in timm.list_models():
-        raise FerensError(f"unknown timm model {name!r}")
+    check_model_name(name)
     if stem not in STEMS:
         raise FerensError(f"unknown stem {stem!r}; choose one of {list(STEMS)}")
     if width <= 0:
@@ -44,8 +55,12 @@ def create_member_model(name: str = "resnet18", stem: str = "default", width: fl
         kwargs["stem_width"] = max(8, round(64 * width))
         if "d" in name.removeprefix("resnet").lstrip("0123456789"):
             kwargs["stem_width"] = max(8, round(32 * width))
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=1,
-                              drop_rate=drop_rate, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=1,
+                                  drop_rate=drop_rate, **kwargs)
+    except (TypeError, ValueError) as exc:  # an architecture that refuses these arguments
+        raise FerensError(f"model {name!r} cannot be built with width={width} "
+                          f"({type(exc).__name__}: {exc})") from None
     if pretrained:
         load_pretrained(model, pretrained)
     _apply_stem(model, stem)

@@ -1,11 +1,19 @@
 """Output folders that never cost a user a file.
 
-A command replaces only a folder it can prove is its own earlier output of the same kind. It
-builds the new output in a uniquely named temporary folder beside ``out`` (never a guessable
-sibling of a user path), then swaps it into place: the old folder is moved aside and deleted only
-once the new one is there. An interrupted command therefore leaves either the old output or the
-new one, never a mix. A lock (a file in the machine's temp folder, keyed by the folder's path)
-keeps two ferens processes from writing the same folder at once.
+A command replaces only a folder it can prove is its own earlier output of the same kind: every
+file in it is one that output's own file list names (a report's ``metrics.json``, a prediction
+folder's ``predictions.json``, the fixed names of a run folder). It builds the new output in a
+uniquely named hidden work folder beside ``out`` (``.NAME.ferens-XXXXXXXX``, created with
+``mkdtemp``, never a guessable sibling of a user path) and swaps it into place: on Linux in one
+atomic exchange (``renameat2(RENAME_EXCHANGE)``), elsewhere by moving the old folder aside into
+the work folder first. An interrupted command therefore leaves either the old output or the new
+one, never a mix; the next run of a command on the same ``out`` puts back an old output a kill
+left aside and removes the work folders ferens left there (only those: named so, owned by the
+user and holding ferens' marker file).
+
+One process at a time writes a folder: a lock file beside it (``.NAME.ferens-lock``, in the
+folder's own parent, so processes with different temp folders or users see the same lock),
+held with ``flock`` and removed on release.
 
     with output_folder(Path("ensembles/mean"), "ensemble") as tmp:
         ...write files into tmp...
@@ -13,11 +21,14 @@ keeps two ferens processes from writing the same folder at once.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
-import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,56 +37,92 @@ from pathlib import Path
 from ferens.bundle_format import is_own_bundle
 from ferens.errors import FerensError
 
-RUN_FILES = {"config.json", "summary.json", "predictions"}
-PREDICTION_FILES = {"val.npz", "test.npz", "train.npz"}
-LEGACY_REPORT_SUFFIXES = {".png", ".html", ".md", ".json"}
-OUTPUT_NAMES = {"bundle": "a bundle written by `ferens export`"}
-PREDICT_FILES = {"predictions.csv", "predictions.json", "annotated", "timelines"}
+RUN_FILES = {"config.json", "summary.json", "predictions/val.npz", "predictions/test.npz",
+             "predictions/train.npz"}
+# a member's small outputs as `ferens study` keeps them in results_dir/members/<name>
+MEMBER_COPY_FILES = {"config.json", "metrics.csv", "summary.json", "predictions/val.npz",
+                     "predictions/test.npz", "predictions/train.npz"}
+PREDICT_FILES = {"predictions.csv", "predictions.json"}
+PREDICT_FOLDERS = {"annotated", "timelines"}
+OUTPUT_NAMES = {"bundle": "a bundle written by `ferens export`",
+                "member": "a member's outputs copied by `ferens study`"}
+WORK_MARK = "ferens-work.json"  # inside a work folder: proof that ferens made it
+LOCK_SUFFIX = ".ferens-lock"
+_MKDTEMP_TAIL = r"[a-z0-9_]{8}"  # tempfile's random part
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, tmpfs, APFS, NTFS)
 
 
 def _read_json(path: Path) -> dict | None:
     try:
+        if path.is_symlink() or not path.is_file():
+            return None
         value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
 
-def _no_links(folder: Path) -> bool:
-    return not any(p.is_symlink() for p in folder.rglob("*"))
+def _tree(folder: Path) -> tuple[set[str], set[str]] | None:
+    """(files, folders) under ``folder`` as relative POSIX paths; None when anything in it is a
+    link or neither a plain file nor a folder."""
+    files, folders = set(), set()
+    for top, dirs, names in os.walk(folder):
+        for name in dirs + names:
+            path = Path(top) / name
+            mode = path.lstat().st_mode
+            relative = path.relative_to(folder).as_posix()
+            if stat.S_ISDIR(mode):
+                folders.add(relative)
+            elif stat.S_ISREG(mode):
+                files.add(relative)
+            else:
+                return None
+    return files, folders
+
+
+def _listed(value) -> set[str]:
+    return {v for v in value if isinstance(v, str)} if isinstance(value, list) else set()
 
 
 def is_own_output(folder: Path, kind: str) -> bool:
     """Whether ``folder`` holds nothing but an earlier output of ``kind``: ``ensemble`` or
-    ``adjusted`` (a run folder of that kind), ``report``, ``predictions`` or ``bundle``."""
+    ``adjusted`` (a run folder of that kind), ``report``, ``predictions``, ``member`` (a study's
+    copy of a member) or ``bundle``: every file in it, at any depth, is one that output lists
+    as its own (no links, no other files)."""
     if kind == "bundle":
         return is_own_bundle(folder)
-    names = {p.name for p in folder.iterdir()}
-    if not _no_links(folder):
+    tree = _tree(folder)
+    if tree is None:
         return False
+    files, folders = tree
     if kind in ("ensemble", "adjusted"):
         config = _read_json(folder / "config.json")
-        predictions = folder / "predictions"
-        return (config is not None and config.get("kind") == kind and names <= RUN_FILES
-                and (not predictions.exists() or {p.name for p in predictions.iterdir()}
-                     <= PREDICTION_FILES))
+        return (config is not None and config.get("kind") == kind and files <= RUN_FILES
+                and folders <= {"predictions"})
+    if kind == "member":
+        config = _read_json(folder / "config.json")
+        return (config is not None and config.get("kind") not in ("ensemble", "adjusted")
+                and files <= MEMBER_COPY_FILES and folders <= {"predictions"})
     if kind == "report":  # exactly the files the earlier report lists as its own
         metrics = _read_json(folder / "metrics.json")
-        if metrics is None or not all(p.is_file() for p in folder.iterdir()):
+        return (metrics is not None and not folders
+                and files <= _listed(metrics.get("files")) | {"metrics.json"})
+    if kind == "predictions":  # the files predictions.json lists; before it listed them, none
+        payload = _read_json(folder / "predictions.json")  # below annotated/ or timelines/
+        if payload is None or "rows" not in payload:
             return False
-        if "files" not in metrics:  # written before reports listed their files
-            return ("runs" in metrics and "class_names" in metrics
-                    and all(p.suffix in LEGACY_REPORT_SUFFIXES for p in folder.iterdir()))
-        return isinstance(metrics["files"], list) and names <= set(metrics["files"])
-    if kind == "predictions":
-        payload = _read_json(folder / "predictions.json")
-        return payload is not None and "rows" in payload and names <= PREDICT_FILES
+        own = _listed(payload["files"]) if "files" in payload else set()
+        return folders <= PREDICT_FOLDERS and files <= own | PREDICT_FILES
     raise ValueError(f"unknown output kind {kind!r}")
 
 
 def check_creatable(path: str | Path) -> None:
     """Refuse a path that cannot be created because a file stands where a folder must be."""
     path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise FerensError(f"{path}: the name {part[:24]}... is {len(os.fsencode(part))} "
+                              f"bytes long; file systems allow {NAME_MAX}: choose a shorter name")
     for parent in path.parents:  # the nearest existing one decides
         if parent.is_dir():
             return
@@ -100,66 +147,214 @@ def check_replaceable(out: str | Path, kind: str) -> None:
         raise FerensError(f"{out}: exists and is not a folder; refusing to replace it")
     if out.is_dir() and any(out.iterdir()) and not is_own_output(out, kind):
         what = OUTPUT_NAMES.get(kind, f"an earlier ferens {kind} output")
-        raise FerensError(f"{out}: is not {what} (it holds other files); refusing to replace "
-                          "it. Choose another --out")
+        raise FerensError(f"{out}: is not {what} (it holds files that output does not list "
+                          "as its own); refusing to replace it. Choose another --out")
 
 
-def staging_folder(out: Path, kind: str) -> Path:
-    """A new, uniquely named temporary folder beside a replaceable ``out``."""
-    check_replaceable(out, kind)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would make the output private to its writer
-    return tmp
+# --- the swap --------------------------------------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 
 
-def swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` to ``out``; an old ``out`` is moved aside first and deleted
-    only once the new one is in place."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "previous")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Linux renameat2; False where the C library or the file system does not offer it."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(src), None, str(dst))
 
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (True), or False where that is not offered."""
+    return _renameat2(a, b, _RENAME_EXCHANGE)
+
+
+def swap_into_place(new: Path, out: Path) -> None:
+    """Put the finished folder ``new`` at ``out``. An old ``out`` is exchanged with it
+    atomically and then deleted; without an atomic exchange it is first moved aside to
+    ``previous`` beside ``new`` (where a re-run finds it after a kill) and deleted once the new
+    one is in place."""
+    new, out = Path(new), Path(out)
+    if not (out.exists() or out.is_symlink()):
+        try:
+            if not _renameat2(new, out, _RENAME_NOREPLACE):
+                os.rename(new, out)
+        except FileExistsError:
+            raise FerensError(f"{out}: appeared while ferens was writing it; run the command "
+                              "again") from None
+        return
+    if exchange(new, out):
+        shutil.rmtree(new)  # it now holds the old output
+        return
+    aside = new.parent / "previous"
+    os.replace(out, aside)
+    os.replace(new, out)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _work_folders(out: Path) -> Iterator[Path]:
+    """Hidden folders beside ``out`` that ferens made for it and left behind (a kill): named
+    ``.NAME.ferens-XXXXXXXX`` (or the older ``.NAME.old-XXXXXXXX`` / ``.NAME.KIND-XXXXXXXX``),
+    plain folders owned by this user; the current ones hold ferens' marker file."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(ferens|old|ensemble|adjusted|report|"
+                         rf"predictions|bundle|member)-{_MKDTEMP_TAIL}")
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match:
+            continue
+        info = entry.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        if match.group(1) == "ferens":
+            mark = _read_json(entry / WORK_MARK)
+            if mark is None or mark.get("out") != out.name:
+                continue
+        elif match.group(1) == "old" and {p.name for p in entry.iterdir()} != {"previous"}:
+            continue
+        yield entry
+
+
+def recover(out: str | Path) -> None:
+    """Undo what a killed swap left, then remove ferens' own leftover work folders beside
+    ``out``: an old output moved aside while ``out`` is missing is moved back. Call it only
+    while holding ``out``'s lock (no live writer then owns those folders)."""
+    out = Path(out)
+    for work in _work_folders(out):
+        aside = work / "previous"
+        if not (out.exists() or out.is_symlink()) and aside.is_dir() and not aside.is_symlink():
+            os.rename(aside, out)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def work_folder(out: Path) -> Path:
+    """A new work folder beside ``out`` holding ferens' marker; the output goes in ``output``."""
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.ferens-", dir=out.parent))
+    (work / WORK_MARK).write_text(json.dumps({"out": out.name, "pid": os.getpid()}))
+    (work / "output").mkdir(mode=0o755)
+    return work / "output"
+
+
+# --- the lock --------------------------------------------------------------------------------
 
 def lock_path(folder: Path) -> Path:
-    """The lock file of a folder: in the machine's temp folder, named by a hash of the folder's
-    absolute path, so no lock file ever lands among the user's or the study's files."""
-    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:24]
-    root = Path(tempfile.gettempdir()) / f"ferens-locks-{os.getuid()}"
-    root.mkdir(mode=0o700, exist_ok=True)
-    return root / f"{key}.lock"
+    """The lock file of a folder: ``.NAME.ferens-lock`` in the folder's own parent, found by
+    every process that writes the folder whatever its temp folder or user."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
 
 
-@contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` or fail at once with one line when another process
-    holds it. The lock dies with its process; it guards processes on one machine."""
-    check_creatable(folder)  # a file where a folder must be: one line, before any work
-    fd = os.open(lock_path(folder), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing parents; returns those created, outermost first."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
+    made = []
+    for path in missing:
+        try:
+            path.mkdir()
+            made.append(path)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise FerensError(f"{path}: cannot create the folder ({exc.strerror})") from None
+    return made
+
+
+def _acquire(path: Path, folder: Path) -> int:
+    """An fd holding an exclusive flock on the lock file at ``path`` (created when missing;
+    never through a link, never a FIFO or device)."""
+    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    attempts = 0
+    while True:
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:  # a releasing writer removed the parent it had made
+            attempts += 1
+            if attempts > 3:
+                raise FerensError(f"{path.parent}: the folder keeps disappearing; cannot lock "
+                                  f"{folder}") from None
+            _make_parents(path.parent)
+            continue
+        except OSError as exc:  # ELOOP: a link planted at the lock's name; EACCES: not ours
+            raise FerensError(f"{path}: cannot open the lock file of {folder} "
+                              f"({exc.strerror}); if no ferens process is writing {folder}, "
+                              "delete it and run the command again") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise FerensError(f"{path}: the lock file of {folder} is not a plain file; delete "
+                              "it and run the command again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise FerensError(f"{folder}: another ferens process is writing it; wait for it "
                               "to finish (or stop it) and run the command again") from None
-        yield
+        try:  # the holder we followed may have removed the file: lock the one now there
+            now = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+            return fd
+        os.close(fd)
+
+
+def _release(fd: int, path: Path) -> None:
+    try:
+        info, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+            os.unlink(path)  # still holding the lock: a follower re-checks and retries
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
 
 @contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` or fail at once with one line when another process
+    holds it. The lock dies with its process; parent folders it had to create for its lock
+    file are removed again when they are left empty."""
+    folder = Path(folder)
+    check_creatable(folder)  # a file where a folder must be: one line, before any work
+    made = _make_parents(folder.parent)
+    try:
+        path = lock_path(folder)
+        fd = _acquire(path, folder)
+        try:
+            yield
+        finally:
+            _release(fd, path)
+    finally:
+        for parent in reversed(made):
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
+
+
+@contextmanager
 def output_folder(out: str | Path, kind: str) -> Iterator[Path]:
-    """Lock ``out``, yield a staging folder to write into, and swap it into place on success;
-    on any failure the staging folder is removed and ``out`` is left as it was."""
+    """Lock ``out``, clean up what an earlier killed run left beside it, yield a staging folder
+    to write into, and swap it into place on success; on any failure the work folder is
+    removed and ``out`` is left as it was."""
     out = Path(out)
     with folder_lock(out):
-        tmp = staging_folder(out, kind)
+        recover(out)
+        check_replaceable(out, kind)
+        tmp = work_folder(out)
         try:
             yield tmp
             swap_into_place(tmp, out)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp.parent, ignore_errors=True)

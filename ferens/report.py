@@ -19,7 +19,7 @@ import pandas as pd
 
 from ferens.errors import FerensError
 from ferens.outputs import check_replaceable, output_folder
-from ferens.predictions import Predictions, Run, load_run, unique_names, write_json
+from ferens.predictions import Predictions, Run, load_run, run_names, write_json
 from ferens.reporting.comparisons import adjustment_pairs, describe_group
 from ferens.reporting.duplicates import dataset_positions, duplicate_analysis, label_mismatch
 from ferens.reporting.groups import find_groups
@@ -81,7 +81,7 @@ def compute_metrics(runs: list[Run], split: str = "test",
         ferplus = FerPlusReference.from_votes(ferplus)
     if split not in SPLITS:
         raise FerensError(f"unknown split {split!r}; expected one of {SPLITS}")
-    names = unique_names([r.name for r in runs])
+    names = run_names(runs)
     preds = [r.splits[split] for r in runs]
     class_names = preds[0].class_names
     for run, p in zip(runs, preds, strict=True):
@@ -147,9 +147,13 @@ def run_metrics(name: str, run: Run, preds: Predictions, ferplus: FerPlusReferen
     """Headline, per-class, confusion, calibration and error examples of one run."""
     counts, normalised = confusion(preds)
     pairs = confused_pairs(counts, preds.class_names)
+    file_of = None if preds.files is None else dict(zip(preds.row_ids.tolist(),
+                                                        preds.files.tolist(), strict=True))
     for pair in pairs:
         pair["example_row_ids"] = pair_examples(
             preds, pair["true_index"], pair["pred_index"]).tolist()
+        if file_of is not None:  # image-folder rows: their files, not their positions
+            pair["example_files"] = [file_of[r] for r in pair["example_row_ids"]]
     out = {
         "name": name, "path": str(run.path), "kind": run_kind(run.config, run.summary),
         "train_minutes": run.summary.get("train_minutes"), "n": int(len(preds.labels)),

@@ -51,12 +51,14 @@ class ExpressionModel:
         return self.bundle.predict_proba(faces, backend, batch_size)
 
     def predict_image(self, image: np.ndarray, detector: str = "auto",
-                      min_face: int | None = None) -> pd.DataFrame:
+                      min_face: int | None = None, confidence: float | None = None
+                      ) -> pd.DataFrame:
         """One row per face found in a BGR (H,W,3) or gray (H,W) uint8 image: the box, each
-        class's probability, the top class. No face: an empty frame."""
-        from ferens.predict import DEFAULT_MIN_FACE, predict_image
+        class's probability, the top class. No face: an empty frame. ``detector``, ``min_face``
+        and ``confidence`` as for `ferens predict` (the detector's own settings by default)."""
+        from ferens.predict import predict_image
 
-        return predict_image(self.bundle, image, detector, min_face or DEFAULT_MIN_FACE)
+        return predict_image(self.bundle, image, detector, min_face, confidence=confidence)
 
     def predict_files(self, inputs, **options) -> pd.DataFrame:
         """Images, videos and folders, as `ferens predict` does (see ferens.predict)."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -35,11 +34,11 @@ from pathlib import Path
 from ferens.adjust import SELECT
 from ferens.children import die_with_parent, sigterm_interrupts
 from ferens.children import stop as stop_children
-from ferens.config import NAME_PATTERN, TrainConfig, config_differences
+from ferens.config import NAME_PATTERN, RANGES, TrainConfig, config_differences, read_text
 from ferens.ensemble import METHODS as ALL_METHODS
 from ferens.errors import FerensError
 from ferens.outputs import check_creatable, folder_lock
-from ferens.predictions import member_outputs, read_json, write_json
+from ferens.predictions import member_outputs, read_json, store_member, write_json
 
 BACKENDS = ("local", "ray")
 TABLES = ("study", "defaults", "members", "ensembles", "ray")  # [ray]: read by ferens.study_ray
@@ -90,10 +89,9 @@ class Study:
 def load_study(path: str | Path) -> Study:
     """Parse ``[study]``, ``[defaults]`` and ``[[members]]`` tables into typed configs."""
     path = Path(path)
-    if not path.is_file():
-        raise FerensError(f"{path}: study file not found")
+    text = read_text(path, "study file")
     try:
-        spec = tomllib.loads(path.read_text())
+        spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise FerensError(f"{path}: cannot parse TOML ({exc})") from None
     head, defaults, entries, group_tables = _check_tables(spec, path)
@@ -197,6 +195,8 @@ def _check_tables(spec: dict, path: Path) -> tuple[dict, dict, list, list]:
               if kind is float else isinstance(value, kind))
         ok = ok and not isinstance(value, bool) and not (kind is int and value < 0)
         ok = ok and not (kind is list and not all(isinstance(v, str) for v in value))
+        ok = ok and "\x00" not in (value if isinstance(value, str) else
+                                   "".join(value) if kind is list else "")
         if not ok:
             raise FerensError(f"{path}: [study] {key}={value!r}: expected {expected}")
     if "ray" in spec:  # checked here too, so a typo in [ray] is never silently ignored
@@ -228,12 +228,9 @@ def is_committed(cfg: TrainConfig, results_dir: Path) -> bool:
 
 
 def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
-    """Copy a finished member's small outputs into results."""
-    dest = results_dir / "members" / cfg.name
-    for name in member_outputs(cfg.run_dir):
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(cfg.run_dir / name, dest / name)
-    return dest
+    """Copy a finished member's small outputs into results (see ``store_member``)."""
+    return store_member(results_dir, cfg.name, {
+        name: (cfg.run_dir / name).read_bytes() for name in member_outputs(cfg.run_dir)})
 
 
 def collect_finished(study: Study) -> list[str]:
@@ -279,11 +276,27 @@ def member_command(spec: Path, slot: Slot) -> list[str]:
     return cmd
 
 
+# tcmalloc (Debian's libtcmalloc-minimal4) gives the training children bit-identical results and
+# more images per CPU-second (results/README.md, study v3 throughput); used when installed.
+ALLOCATOR_ENV = "FERENS_ALLOCATOR"  # "system" keeps the C library's malloc
+
+
+def allocator_env(env: dict, machine: str | None = None, root: str = "/") -> dict:
+    """The LD_PRELOAD a training child gets: tcmalloc when installed, unless the user set
+    LD_PRELOAD or FERENS_ALLOCATOR=system; nothing otherwise."""
+    if env.get("LD_PRELOAD") or env.get(ALLOCATOR_ENV, "tcmalloc") == "system":
+        return {}
+    lib = (Path(root) / "usr/lib" / f"{machine or os.uname().machine}-linux-gnu"
+           / "libtcmalloc_minimal.so.4")
+    return {"LD_PRELOAD": str(lib)} if lib.is_file() else {}
+
+
 def _launch(cfg: TrainConfig, slot: Slot) -> subprocess.Popen:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     spec = cfg.run_dir.parent / f"{cfg.name}.study.json"
     write_json(spec, cfg.to_dict())
     env = os.environ | {"OMP_NUM_THREADS": str(slot.threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    env |= allocator_env(env)
     if slot.gpu is not None:  # the child sees only its own GPU, as cuda:0
         env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
     with open(_log_path(cfg), "a") as log:  # the child keeps its copy
@@ -403,7 +416,6 @@ def _last_line(cfg: TrainConfig) -> str:
 def combine_and_report(study: Study) -> dict:
     """Every ensemble method over the finished members, then the ensembles of each
     ``[[ensembles]]`` group whose runs have all finished, then the report over everything."""
-    import torch  # noqa
     from ferens.adjust import adjust_run
     from ferens.ensemble import build_ensemble
     from ferens.report import write_report
@@ -467,6 +479,11 @@ def run_study(path: str | Path, lanes: int | None = None, train: bool = True,
     Ray backend, then ensemble and report; safe to re-run at any point."""
     if backend not in BACKENDS:
         raise FerensError(f"--backend {backend!r}: expected one of {list(BACKENDS)}")
+    most = RANGES["threads"][1]
+    if lanes is not None and not 0 <= lanes <= most:
+        raise FerensError(f"--lanes {lanes}: expected 0 (one per core) or a number of lanes")
+    if threads is not None and not 1 <= threads <= most:
+        raise FerensError(f"--threads {threads}: expected a number of threads from 1 to {most}")
     if backend != "ray" and address:
         raise FerensError("--address names a Ray cluster; it needs --backend ray")
     if backend == "ray" and lanes is not None:

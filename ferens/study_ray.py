@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
-from ferens.predictions import atomic_path, member_outputs, read_json
+from ferens.predictions import member_outputs, read_json, store_member
 
 INSTALL_HINT = "--backend ray needs Ray, an optional extra: pip install 'ferens[ray]'"
 
@@ -105,14 +105,9 @@ def run_member(values: dict) -> dict:
 
 
 def write_member_outputs(results_dir: Path, name: str, outputs: dict[str, bytes]) -> Path:
-    """Write a member's returned outputs under ``results_dir/members/<name>``, each to a
-    temporary name first; summary.json (what marks a member finished) goes last."""
-    dest = results_dir / "members" / name
-    (dest / "summary.json").unlink(missing_ok=True)  # never a new config beside an old summary
-    for relative in sorted(outputs, key=lambda n: n == "summary.json"):
-        with atomic_path(dest / relative) as tmp:
-            tmp.write_bytes(outputs[relative])
-    return dest
+    """Write a member's returned outputs under ``results_dir/members/<name>``, whole (see
+    ``ferens.predictions.store_member``: never over files ferens did not write)."""
+    return store_member(results_dir, name, outputs)
 
 
 def _largest_node(ray) -> tuple[float, float]:

@@ -12,11 +12,13 @@ every epoch so ``resume=True`` continues an interrupted run to the same result.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from sklearn.model_selection import train_test_split
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from ferens.augment import check_train_pipeline
 from ferens.classes import CLASS_NAMES, NUM_CLASSES
 from ferens.config import TTA, TrainConfig, config_differences
 from ferens.data import FerDataset, apply_ferplus_labels, load_fer2013
@@ -43,11 +46,12 @@ from ferens.inference import (
 from ferens.loader import TrainLoader, epoch_seed, sample_seed
 from ferens.losses import build_loss, distillation_loss
 from ferens.mixing import mix_batch, mixing_enabled
-from ferens.models import create_member_model
+from ferens.models import check_model_name, create_member_model
 from ferens.outputs import folder_lock
 from ferens.predictions import (
     Predictions,
     atomic_path,
+    current_umask,
     save_predictions,
     split_metrics,
     write_json,
@@ -75,6 +79,7 @@ class TrainingState:
     stopped_early: bool = False
     resumes: int = 0              # times training continued from a checkpoint (a new session)
     commits: list | None = None   # ferens code commit of each start and resume, in order
+    data_sha256: str | None = None  # of the splits trained on (None: an older checkpoint)
 
 
 def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
@@ -89,6 +94,18 @@ def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
                                    stratify=train.labels, random_state=cfg.seed)
         splits["train"] = train.subset(np.sort(keep))
     return splits
+
+
+def data_sha256(splits: dict[str, FerDataset]) -> str:
+    """SHA-256 of what a run trains and selects on: every split's images, labels and row ids
+    after relabelling and subsampling, so other content under the same path (same rows, other
+    labels) gives another digest, and the same content elsewhere the same one."""
+    digest = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        part = splits[name]
+        for array in (part.images, part.labels.astype(np.int64), part.row_ids.astype(np.int64)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -289,9 +306,9 @@ def save_checkpoint(run_dir: Path, parts: TrainingParts, state: TrainingState) -
     """Write checkpoint/epoch-K fully, then point checkpoint/latest.json at it (atomic)."""
     root = run_dir / "checkpoint"
     final = root / f"epoch-{state.epoch}"
-    tmp = root / f"epoch-{state.epoch}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"epoch-{state.epoch}.tmp-", dir=root))
+    tmp.chmod(0o777 & ~current_umask())  # not mkdtemp's 0700: the run stays shared
     save_file(_state_dict(parts.model), str(tmp / "model.safetensors"))
     if parts.ema is not None:
         save_file(_state_dict(parts.ema.module), str(tmp / "ema.safetensors"))
@@ -340,14 +357,16 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _check_run_dir(cfg: TrainConfig, resume: bool) -> Path:
-    """Refuse to start over an existing run, or to resume it with another config."""
+def _check_run_dir(cfg: TrainConfig, resume: bool, name_from: str = "") -> Path:
+    """Refuse to start over an existing run, or to resume it with another config;
+    ``name_from`` says where the run's name came from (for the message)."""
     run_dir = cfg.run_dir
     saved = run_dir / "config.json"
     if saved.is_file():
         if not resume:
-            raise FerensError(f"{run_dir} already exists; pass --resume to continue it "
-                              "or choose another --name")
+            origin = f" (name {cfg.name!r}: {name_from})" if name_from else ""
+            raise FerensError(f"{run_dir} already exists{origin}; pass --resume to continue "
+                              "it or choose another --name")
         diffs = config_differences(TrainConfig.load(saved), cfg, ignore=RESUMABLE_FIELDS)
         if diffs:
             raise FerensError(f"{saved}: cannot resume with a different config: "
@@ -355,17 +374,39 @@ def _check_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     return run_dir
 
 
-def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = True) -> dict:
+def check_trainable(cfg: TrainConfig) -> None:
+    """The checks of a config that need timm or albumentations, kept out of ``TrainConfig`` so
+    reading a config never imports them: the model is a ResNet of timm.models.resnet, and an
+    ``augment_override`` builds and turns a 48x48 face into a training image. `train_member`
+    runs them before anything is written, and ``ferens study`` for every member it will train
+    before starting any."""
+    check_model_name(cfg.model)
+    if cfg.augment_override:
+        check_train_pipeline(cfg.augment, cfg.input_size, cfg.crop_size, cfg.augment_override,
+                             flip=not cfg.alternate_flip)
+
+
+def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = True,
+                 name_from: str = "", name_derived: bool = False) -> dict:
     """Train (or resume) one member and write its run folder; returns the summary.
 
-    Data, device and targets are checked before anything is written, so a failed command
-    leaves no run folder behind to block the corrected one."""
+    The model and augmentation (`check_trainable`), data, device and targets are checked
+    before anything is written, so a failed command leaves no run folder behind to block the
+    corrected one. ``name_from`` (e.g. "from --config x.toml") is named when an existing run
+    refuses the name."""
+    check_trainable(cfg)
     with folder_lock(cfg.run_dir):  # two writers on one run folder would corrupt it
-        return _train_member(cfg, resume, show_progress)
+        return _train_member(cfg, resume, show_progress, name_from, name_derived)
 
 
-def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
-    run_dir = _check_run_dir(cfg, resume)
+def _say(show: bool, text: str) -> None:
+    if show:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool,
+                  name_from: str = "", name_derived: bool = False) -> dict:
+    run_dir = _check_run_dir(cfg, resume, name_from)
     if resume and (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())
     threads = configure_threads(cfg.threads)
@@ -375,11 +416,22 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     splits = load_splits(cfg)
+    digest = data_sha256(splits)
     train = splits["train"]
+    _say(show_progress, f"data {splits['train'].source}: " + ", ".join(
+        f"{name} {len(part)} rows" for name, part in splits.items())
+        + f"; {cfg.epochs} epoch(s) of {cfg.model} on {device.type} -> {run_dir}")
     parts = build_parts(cfg, train, device)
+    state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
+    if state.data_sha256 not in (None, digest):
+        raise FerensError(f"{cfg.data}: is not the data {run_dir} was trained on (its content "
+                          "differs: other rows, labels or images); resume with the same data, "
+                          "or start a new run with another --name")
+    state.data_sha256 = digest
+    if name_derived:  # said once the inputs are checked, so an error stays one line
+        print(f"run name {cfg.name!r} ({name_from}): writing {run_dir}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
-    state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
     if state.epoch:
         state.resumes += 1
         print(f"resuming {run_dir} after epoch {state.epoch} (resume {state.resumes})",
@@ -411,6 +463,9 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool) -> dict:
         state.stopped_early = bool(cfg.patience
                                    and state.epochs_without_improvement >= cfg.patience)
         save_checkpoint(run_dir, parts, state)
+    _say(show_progress, "training done: predicting "
+         f"{'val, test and train' if cfg.engine >= 2 else 'val and test'} with the best epoch "
+         f"({state.best_epoch}, tta {cfg.tta}) and scoring every TTA mode for summary.json")
     return finish_run(run_dir, cfg, parts, splits, state, threads)
 
 
@@ -446,7 +501,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
         part = splits[split]
         preds = Predictions(predict_logits(model, part.images, cfg, device,
                                            precision=parts.precision),
-                            part.labels, part.row_ids, CLASS_NAMES)
+                            part.labels, part.row_ids, CLASS_NAMES, part.files)
         save_predictions(run_dir / "predictions" / f"{split}.npz", preds)
         if split != "train":
             summary[split] = split_metrics(preds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -87,3 +88,27 @@ def train_interrupted_then_resumed(cfg, epoch: int, monkeypatch) -> None:
         train_module.train_member(cfg, show_progress=False)
     monkeypatch.setattr(train_module, "train_one_epoch", real)
     train_module.train_member(cfg, resume=True, show_progress=False)
+
+
+def png_bomb(path: Path, width: int, height: int) -> Path:
+    """A tiny 1-bit PNG whose header declares ``width`` x ``height`` pixels (its pixel data is
+    a stub: nothing here is meant to be decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def face_png(tmp_path_factory) -> Path:
+    """A flat grey 48x48 PNG face (predict with --no-detect)."""
+    path = tmp_path_factory.mktemp("face") / "face.png"
+    cv2.imwrite(str(path), np.full((48, 48), 100, np.uint8))
+    return path

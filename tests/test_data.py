@@ -249,3 +249,91 @@ def test_a_ferplus_label_member_says_that_val_and_test_are_relabelled_too(
                              monkeypatch, capsys)
     assert code == 0, err
     assert "FER+ labels on every split: val and test are relabelled and filtered too" in out
+
+
+# --- issue 28: inputs that would exhaust memory or hang ----------------------------------
+
+def test_an_image_folder_with_one_decompression_bomb_is_one_line(tmp_path, monkeypatch,
+                                                                 capsys):
+    from conftest import png_bomb
+
+    names = {f"{u}_{i}.png": i % 7 for u in ("Training", "PublicTest", "PrivateTest")
+             for i in range(7)}
+    _write_folder(tmp_path / "faces", names)
+    png_bomb(tmp_path / "faces" / "train" / "happy" / "Training_bomb.png", 60000, 60000)
+    with pytest.raises(FerensError, match=r"Training_bomb.png: image declares more pixels"):
+        load_fer2013(tmp_path / "faces")
+    png_bomb(tmp_path / "faces" / "train" / "happy" / "Training_bomb.png", 10000, 10000)
+    decoded = []
+    real_convert = Image.Image.convert
+    monkeypatch.setattr(Image.Image, "convert",
+                        lambda im, *a, **k: decoded.append(im.size) or real_convert(im, *a, **k))
+    with pytest.raises(FerensError, match=r"Training_bomb.png: image is 10000x10000"):
+        load_fer2013(tmp_path / "faces")  # under PIL's own limit: refused from its header
+    assert (10000, 10000) not in decoded
+    code, _, err = run_cli(["train-member", "--name", "m", "--data", tmp_path / "faces",
+                            "--out-dir", tmp_path / "runs", "--epochs", "1", "--quiet"],
+                           monkeypatch, capsys)
+    assert code == 2 and err.startswith("ferens: error:") and err.count("\n") == 1, err
+
+
+def test_a_gz_that_inflates_past_any_fer2013_csv_is_refused_unread(tmp_path, tiny_rows,
+                                                                   monkeypatch, capsys):
+    import ferens.data as data_module
+
+    monkeypatch.setattr(data_module, "MAX_CSV_BYTES", 2**20)  # the real limit is 1 GiB
+    text = write_fer_csv(tmp_path / "ok.csv", tiny_rows).read_bytes()
+    bomb = tmp_path / "bomb.csv.gz"
+    bomb.write_bytes(gzip.compress(text + b"0," + b"0 " * (16 * 2**20) + b",Training\n",
+                                   compresslevel=1))  # ~100 KB inflating to 32 MiB
+    inflated = []
+    real_read = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read", lambda self, size=-1: inflated.append(
+        size) or real_read(self, size))
+    with pytest.raises(FerensError, match=r"bomb.csv.gz: inflates to more than 1 MiB"):
+        load_fer2013(bomb, cache=False)
+    assert inflated and all(0 < size <= 2**20 + 1 for size in inflated)
+    plain = tmp_path / "big.csv"
+    plain.write_bytes(gzip.decompress(bomb.read_bytes()))
+    code, _, err = run_cli(["train-member", "--data", plain, "--out-dir", tmp_path / "runs",
+                            "--epochs", "1", "--quiet"], monkeypatch, capsys)
+    assert code == 2 and "more than a FER2013 CSV can be" in err and err.count("\n") == 1, err
+    assert len(load_fer2013(tmp_path / "ok.csv", cache=False)) == len(tiny_rows)
+
+
+@pytest.fixture
+def alarm():
+    """Fail instead of hanging forever (an open() of a FIFO blocks until a writer comes)."""
+    import signal
+
+    def hung(signum, frame):
+        raise TimeoutError("ferens blocked on the file")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("command", ["train-member", "evaluate", "report"])
+def test_data_that_is_a_fifo_or_device_is_refused_before_reading(tmp_path, kind, command,
+                                                                 alarm, monkeypatch, capsys):
+    import os
+
+    if kind == "fifo":
+        data = tmp_path / "fer2013.csv"
+        os.mkfifo(data)
+    else:
+        data = Path("/dev/zero")
+    from test_report import make_run, synthetic_predictions
+
+    args = {"train-member": ["train-member", "--data", data, "--out-dir", tmp_path / "runs",
+                             "--epochs", "1", "--quiet"],
+            "evaluate": ["evaluate", "--data", data],
+            "report": ["report", make_run(tmp_path, "run", synthetic_predictions(
+                14, 0.5, seed=0, first_row=56)), "--out", tmp_path / "rep", "--data", data],
+            }[command]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2 and "not a regular file" in err and err.count("\n") == 1, err

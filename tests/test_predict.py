@@ -20,14 +20,16 @@ from ferens.config import TrainConfig
 from ferens.data import load_fer2013
 from ferens.ensemble import METHODS, build_ensemble
 from ferens.errors import FerensError
-from ferens.predict import face_detector, haar_available, predict_images, save_face_crops
+from ferens.faces import face_detector, haar_available, mtcnn_available
+from ferens.predict import predict_images, save_face_crops
 from ferens.predictions import load_predictions, load_run, save_predictions
 from ferens.train import train_member
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/fer2013/fer2013.csv.gz"
 # Hand-labelled face in skimage.data.astronaut() (x, y, w, h): hairline to chin, cheek to cheek.
 ASTRONAUT_FACE = (172, 62, 100, 106)
-DETECTORS_HERE = ["lbp", *(["haar"] if haar_available() else [])]
+DETECTORS_HERE = ["lbp", *(["haar"] if haar_available() else []),
+                  *(["mtcnn"] if mtcnn_available() else [])]
 
 
 @dataclass

@@ -148,13 +148,6 @@ def _one_line_error(code: int, err: str) -> None:
     assert err.startswith("ferens: error:") and err.count("\n") == 1, err
 
 
-@pytest.fixture(scope="module")
-def face_png(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("face") / "face.png"
-    cv2.imwrite(str(path), np.full((48, 48), 100, np.uint8))
-    return path
-
-
 def _predict(bundle: Path, face: Path, out: Path, *extra) -> list:
     return ["predict", face, "--model", bundle, "--no-detect", "--out", out, *extra]
 
@@ -278,3 +271,146 @@ def test_exporting_a_member_with_truncated_weights_fails_at_export(member, tmp_p
         with pytest.raises(FerensError, match="best.safetensors: cannot load weights"):
             export_bundle(broken, tmp_path / "b.ferens", half=half)
     assert not (tmp_path / "b.ferens").exists()
+
+
+# --- issue 28: file safety ----------------------------------------------------------------
+
+@pytest.mark.parametrize("sub", ["annotated", "timelines"])
+def test_predict_never_deletes_a_users_file_inside_its_subfolders(bundle, face_png, tmp_path,
+                                                                  sub, monkeypatch, capsys):
+    out = tmp_path / "out"
+    for _ in range(2):  # its own output, annotated images included, is replaced
+        code, _, err = run_cli(_predict(bundle, face_png, out, "--annotate"), monkeypatch,
+                               capsys)
+        assert code == 0, err
+    assert (out / "annotated" / "face.png").is_file()
+    assert "annotated/face.png" in json.loads((out / "predictions.json").read_text())["files"]
+    (out / sub).mkdir(exist_ok=True)
+    (out / sub / "mine.png").write_bytes(b"the user's picture")
+    code, _, err = run_cli(_predict(bundle, face_png, out), monkeypatch, capsys)
+    _one_line_error(code, err)
+    assert "refusing to replace it" in err
+    assert (out / sub / "mine.png").read_bytes() == b"the user's picture"
+
+
+def _rewrite_member_file(bundle: Path, name: str, content: bytes) -> None:
+    """Replace a member file and its checksum, as a tamperer who knows the format would."""
+    from ferens.data import file_sha256
+
+    path = bundle / "members" / "0" / name
+    path.write_bytes(content)
+    _edit_manifest(bundle, lambda m: m["members"][0]["files"].__setitem__(
+        name, file_sha256(path)))
+
+
+def test_a_member_declaring_a_huge_model_in_range_is_refused_before_building_it(bundle,
+                                                                               monkeypatch):
+    import torch
+
+    import ferens.inference as inference
+
+    config = json.loads((bundle / "members" / "0" / "config.json").read_text())
+    _rewrite_member_file(bundle, "config.json", json.dumps(
+        config | {"model": "resnet152", "width": 8}).encode())  # ~15 GB, within the ranges
+    real = inference.create_member_model
+
+    def only_on_meta(name, *args, **kwargs):
+        if torch.get_default_device().type != "meta":
+            raise AssertionError(f"{name} was built for real before its weights were checked")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "create_member_model", only_on_meta)
+    with pytest.raises(FerensError, match="do not fit the model its config declares"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("extra", [
+    {"files": {"/etc/passwd": "0" * 64}},
+    {"extra_files": {"../../outside.json": "0" * 64}},
+], ids=["absolute", "dotdot"])
+@pytest.mark.parametrize("where", ["top", "member"])
+def test_a_manifest_stating_anything_but_the_bundles_own_files_is_refused(
+        bundle, face_png, tmp_path, extra, where, monkeypatch, capsys):
+    key, value = next(iter(extra.items()))
+    if where == "top":
+        _edit_manifest(bundle, lambda m: m.__setitem__(key, value))
+    else:
+        _edit_manifest(bundle, lambda m: m["members"][0].__setitem__(
+            key if key != "files" else "more_files", value))
+    code, _, err = run_cli(_predict(bundle, face_png, tmp_path / "out"), monkeypatch, capsys)
+    _one_line_error(code, err)
+    assert "manifest.json" in err and "unknown key" in err
+
+
+def test_a_manifest_listing_a_file_the_bundle_does_not_hold_is_refused(bundle):
+    (bundle / "members" / "0" / "model.onnx").unlink(missing_ok=True)
+    _edit_manifest(bundle, lambda m: m["members"][0]["files"].__setitem__("model.onnx",
+                                                                          "0" * 64))
+    with pytest.raises(FerensError, match="model.onnx: missing from the bundle"):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize("link", ["members", "members/0"])
+def test_a_linked_members_folder_is_refused_before_anything_outside_is_opened(
+        bundle, tmp_path, link, monkeypatch):
+    import builtins
+    import io
+
+    outside = tmp_path / "outside"
+    shutil.move(bundle / link, outside)
+    (bundle / link).symlink_to(outside)
+    opened = []
+    real_open = builtins.open
+
+    def recording_open(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    monkeypatch.setattr(io, "open", recording_open)  # pathlib's read_text
+    messages = []
+    for damage in ("none", "remove weights"):  # the message tells nothing about the target
+        if damage == "remove weights":
+            next(outside.rglob("model.safetensors")).unlink()
+        with pytest.raises(FerensError, match="is a link") as caught:
+            load_bundle(bundle)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
+    assert not [f for f in opened if f.startswith(str(outside))]
+
+
+def _no_decoding_of(monkeypatch, size: int) -> None:
+    """Make any attempt to decode a buffer of ``size`` bytes (or to read a file whole) fail."""
+    real = cv2.imdecode
+
+    def imdecode(buf, flags):
+        if len(buf) == size:
+            raise AssertionError("the oversized image was handed to the decoder")
+        return real(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(
+        AssertionError(f"{self} was read whole")))
+
+
+def test_a_decompression_bomb_is_skipped_from_its_header_without_decoding(bundle, tmp_path,
+                                                                          monkeypatch):
+    from conftest import png_bomb
+
+    bomb = png_bomb(tmp_path / "bomb.png", 60000, 60000)  # 3.6 GP in a few hundred bytes
+    cv2.imwrite(str(tmp_path / "ok.png"), astronaut_bgr())
+    _no_decoding_of(monkeypatch, bomb.stat().st_size)
+    frame = predict_images(load_bundle(bundle), [bomb, tmp_path / "ok.png"])
+    assert [(Path(s["file"]).name, s["reason"]) for s in frame.attrs["skipped"]] == [
+        ("bomb.png", "too large")]
+    assert len(frame) == 1
+
+
+def test_a_huge_file_is_skipped_by_its_size_before_it_is_read(bundle, tmp_path, monkeypatch):
+    huge = tmp_path / "huge.png"
+    cv2.imwrite(str(huge), np.zeros((48, 48), np.uint8))
+    os.truncate(huge, 3 * 2**30)  # 3 GB (sparse: no disk used)
+    _no_decoding_of(monkeypatch, 3 * 2**30)
+    frame = predict_images(load_bundle(bundle), [huge])
+    skipped = frame.attrs["skipped"]
+    assert [s["reason"] for s in skipped] == ["too large"] and "MiB" in skipped[0]["detail"]

@@ -288,3 +288,41 @@ def test_an_ensemble_group_with_a_bad_setting_is_refused(tmp_path, tiny_csv, tab
                        f"[[ensembles]]\n{table}")
     with pytest.raises(FerensError, match=message):
         load_study(path)
+
+
+def test_collecting_a_member_never_overwrites_files_ferens_did_not_write(tmp_path):
+    """Issue 28: results_dir/members/<name> is replaced only when it is an earlier copy."""
+    from ferens.config import TrainConfig
+    from ferens.predictions import MEMBER_OUTPUTS
+    from ferens.study import collect_member
+
+    cfg = TrainConfig(name="m", out_dir=str(tmp_path / "runs"))
+    for relative in MEMBER_OUTPUTS:
+        (cfg.run_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / relative).write_text("{}")
+    cfg.save(cfg.run_dir / "config.json")
+    results = tmp_path / "results"
+    dest = collect_member(cfg, results)
+    (cfg.run_dir / "summary.json").write_text('{"version": 2}')
+    collect_member(cfg, results)  # its own earlier copy: replaced
+    assert json.loads((dest / "summary.json").read_text()) == {"version": 2}
+    (dest / "notes.md").write_text("my notes")
+    (cfg.run_dir / "summary.json").write_text('{"version": 3}')
+    with pytest.raises(FerensError, match="refusing to replace it"):
+        collect_member(cfg, results)
+    assert (dest / "notes.md").read_text() == "my notes"
+    assert json.loads((dest / "summary.json").read_text()) == {"version": 2}
+    assert sorted(p.name for p in (results / "members").iterdir()) == ["m"]
+
+
+def test_training_children_get_tcmalloc_when_installed_unless_told_otherwise(tmp_path):
+    from ferens.study import allocator_env
+
+    lib = tmp_path / "usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+    root = str(tmp_path)
+    assert allocator_env({}, "x86_64", root) == {}  # not installed: the system malloc
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"")
+    assert allocator_env({}, "x86_64", root) == {"LD_PRELOAD": str(lib)}
+    assert allocator_env({"FERENS_ALLOCATOR": "system"}, "x86_64", root) == {}
+    assert allocator_env({"LD_PRELOAD": "/mine.so"}, "x86_64", root) == {}  # the user's wins

@@ -268,3 +268,36 @@ def test_the_fp16_grad_scaler_state_is_checkpointed_and_restored_on_resume(tiny_
     summary = train_member(cfg, resume=True, show_progress=False)
     assert summary["precision"] == "fp16" and summary["epochs_run"] == 2
     assert scaler_at[2, "start"] == after_epoch_1
+
+
+def test_resume_refuses_other_data_content_and_accepts_the_same_data_elsewhere(
+        tiny_csv, tiny_rows, tmp_path, monkeypatch):
+    """Issue 28: the run keeps the SHA-256 of the data it trained on."""
+    from conftest import write_fer_csv
+
+    cfg = _config(tiny_csv, tmp_path, epochs=2)
+    real_epoch = train_module.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[3] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_member(cfg, show_progress=False)
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    relabelled = [((label + 1) % 7, pixels, usage) for label, pixels, usage in tiny_rows]
+    other = write_fer_csv(tmp_path / "other.csv", relabelled)  # same rows, other labels
+    saved = (cfg.run_dir / "config.json").read_text()
+    with pytest.raises(FerensError, match="is not the data .* was trained on"):
+        train_member(_config(other, tmp_path, epochs=2), resume=True, show_progress=False)
+    assert (cfg.run_dir / "config.json").read_text() == saved  # the refusal changed nothing
+    moved = write_fer_csv(_mkdir(tmp_path / "moved") / "fer2013.csv", tiny_rows)
+    summary = train_member(_config(moved, tmp_path, epochs=2), resume=True, show_progress=False)
+    assert summary["epochs_run"] == 2
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -33,17 +33,19 @@ def bundle(tmp_path_factory):
     return export_bundle(member, root / "v.ferens", half=True)
 
 
-def write_video(path, frames: int = FRAMES, face_from: int = 0) -> list[tuple]:
+def write_video(path, frames: int = FRAMES, face_from: int = 0,
+                face_until: int | None = None) -> list[tuple]:
     """A 640x480 MJPG video: the astronaut's face pasted at a place that moves, from frame
-    ``face_from`` on; returns the true face box per frame."""
+    ``face_from`` on (until frame ``face_until``, excluded); returns the true face box per
+    frame."""
     x, y, w, h = ASTRONAUT_FACE
     face = astronaut_bgr()[y - 20:y + h + 20, x - 20:x + w + 20]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480))
     boxes = []
     for i in range(frames):
         canvas = np.full((480, 640, 3), 90, np.uint8)
-        left, top = 100 + 10 * i, 120
-        if i >= face_from:
+        left, top = 100 + (10 * i) % 300, 120
+        if face_from <= i < (frames if face_until is None else face_until):
             canvas[top:top + face.shape[0], left:left + face.shape[1]] = face
         boxes.append((left + 20, top + 20, w, h))
         writer.write(canvas)
@@ -72,7 +74,7 @@ def test_a_video_gives_sampled_frame_rows_times_a_summary_and_a_timeline(bundle,
     payload = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert payload["videos"][str(tmp_path / "clip.avi")]["faces"] == 4
     assert (tmp_path / "out" / "timelines" / "clip.png").is_file()
-    assert "clip.avi: mostly" in out
+    assert "clip.avi: 2.0 s, 4 frames sampled, 4 with a face: mostly" in out
 
 
 def test_detecting_on_every_kth_frame_reuses_the_boxes_in_between(bundle, tmp_path):

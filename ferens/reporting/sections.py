@@ -288,18 +288,23 @@ def _run_section(doc: Doc, metrics: dict, run: dict, paths: dict) -> None:
     if "confusion" in paths:
         doc.image(paths["confusion"], f"Confusion matrices of {run['name']}")
     doc.heading("Most confused pairs", 3)
-    doc.table(["true", "predicted", "count", "share of true class", "example rows"],
+    by_file = any("example_files" in p for p in run["confused_pairs"])
+    doc.table(["true", "predicted", "count", "share of true class",
+               "example files" if by_file else "example rows"],
               [[p["true"], p["pred"], p["count"], fmt(p["share_of_true"]),
-                " ".join(map(str, p["example_row_ids"]))] for p in run["confused_pairs"]])
+                " ".join(map(str, p.get("example_files", p["example_row_ids"])))]
+               for p in run["confused_pairs"]])
     if "pairs" in paths:
         doc.para("Example faces: one row per pair above, most confident mistakes first.")
         doc.image(paths["pairs"], f"Example faces of confused pairs, {run['name']}")
     for kind, text in (("confident", "highest predicted probability among wrong answers"),
                        ("ambiguous", "smallest margin between the top two probabilities")):
         doc.heading(f"{kind.capitalize()} errors ({text})", 3)
-        doc.table(["row", "true", "predicted", "p(pred)", "p(true)", "top-2 margin"],
-                  [[e["row_id"], e["true"], e["pred"], fmt(e["p_pred"]), fmt(e["p_true"]),
-                    fmt(e["margin"])] for e in run[f"{kind}_errors"]])
+        errors = run[f"{kind}_errors"]
+        doc.table(["file" if any("file" in e for e in errors) else "row", "true", "predicted",
+                   "p(pred)", "p(true)", "top-2 margin"],
+                  [[e.get("file", e["row_id"]), e["true"], e["pred"], fmt(e["p_pred"]),
+                    fmt(e["p_true"]), fmt(e["margin"])] for e in errors])
         if kind in paths:
             doc.para(f"Faces in table order, {FACES_PER_ROW} per row.")
             doc.image(paths[kind], f"{kind.capitalize()} errors of {run['name']}")

@@ -39,13 +39,14 @@ def expand_run_paths(args: list[str | Path]) -> list[Path]:
 
 def detailed_runs(names: list[str], order: list[int], top: int,
                   patterns: list[str] | tuple[str, ...] = ()) -> list[int]:
-    """The first `top` runs of `order` and every run whose name matches a glob in `patterns`,
-    in `order`."""
+    """The first `top` runs of `order` and every run whose name (or, for a name with its
+    folders, ``ensembles/stack``, the last part) matches a glob in `patterns`, in `order`."""
     if top < 0:
         raise FerensError(f"--top {top}: expected 0 or more")
     chosen = set(order[:top])
     for pattern in patterns:
-        matched = {i for i, n in enumerate(names) if fnmatchcase(n, pattern)}
+        matched = {i for i, n in enumerate(names)  # "stack" also matches "ensembles/stack"
+                   if fnmatchcase(n, pattern) or fnmatchcase(n.rsplit("/", 1)[-1], pattern)}
         if not matched:
             raise FerensError(f"--show {pattern!r}: no run name matches")
         chosen |= matched

@@ -116,7 +116,8 @@ def error_examples(preds: Predictions, kind: str, n: int = 12) -> list[dict]:
         out.append({"row_id": int(preds.row_ids[row]), "true": names[y], "pred": names[p],
                     "p_pred": float(probs[row, p]), "p_true": float(probs[row, y]),
                     "margin": float(margin[i]),
-                    "probs": {c: float(v) for c, v in zip(names, probs[row], strict=True)}})
+                    "probs": {c: float(v) for c, v in zip(names, probs[row], strict=True)}}
+                   | ({} if preds.files is None else {"file": str(preds.files[row])}))
     return out
 
 
