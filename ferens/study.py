@@ -334,6 +334,20 @@ def pending_members(study: Study, only: list[str] | None = None
     return pending, committed
 
 
+def check_trainable_members(study: Study, only: list[str] | None = None) -> None:
+    """Refuse, before anything is collected or started, a member (of ``only``, else any) that
+    timm or albumentations cannot build (`ferens.train.check_trainable`: the model, an
+    ``augment_override``). Only a study that trains runs it: reading one never imports them."""
+    from ferens.train import check_trainable
+
+    for i, cfg in enumerate(study.members):
+        if not only or cfg.name in only:
+            try:
+                check_trainable(cfg)
+            except FerensError as exc:
+                raise FerensError(f"{study.path} member {i}: {exc}") from None
+
+
 def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
                   only: list[str] | None = None, threads: int | None = None) -> list[str]:
     """Train every unfinished member (or those in ``only``), ``lanes`` at a time; returns the
@@ -494,11 +508,13 @@ def run_study(path: str | Path, lanes: int | None = None, train: bool = True,
         from ferens import study_ray
 
         study_ray.import_ray()  # without Ray: one line on how to install it, before any work
+        check_trainable_members(study, only)
         pending, committed = pending_members(study, only)
         failed = study_ray.train_members_ray(
             pending, study.results_dir, study_ray.load_ray_settings(study.path),
             committed=len(committed), address=address, threads=threads, say=_say)
     elif train:
+        check_trainable_members(study, only)
         failed = train_members(study, lanes, only=only, threads=threads)
     else:
         failed = []
