@@ -11,13 +11,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ferens.config import AUGMENTATIONS, TORCH_AUGMENTATIONS
 from ferens.errors import FerensError
 
 if TYPE_CHECKING:
     import albumentations
-
-TORCH_AUGMENTATIONS = ("torch-light", "torch-strong")
-AUGMENTATIONS = ("none", "light", "strong", *TORCH_AUGMENTATIONS)
 
 
 def _albumentations():
@@ -26,26 +24,40 @@ def _albumentations():
     return albumentations
 
 
-def _named(name: str) -> list:
+def _light() -> list:
     A = _albumentations()
-    if name == "none":
-        return []
-    if name == "light":
-        return [A.HorizontalFlip(p=0.5),
-                A.Affine(translate_percent=(-0.05, 0.05), scale=(0.95, 1.05), rotate=(-10, 10),
-                         border_mode=0, p=0.5)]
-    if name == "strong":
-        return [A.HorizontalFlip(p=0.5),
-                A.Affine(translate_percent=(-0.1, 0.1), scale=(0.85, 1.15), rotate=(-15, 15),
-                         border_mode=0, p=0.8),
-                A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.5),
-                A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.15, 0.3),
-                                hole_width_range=(0.15, 0.3), fill=0, p=0.5)]
+    return [A.HorizontalFlip(p=0.5),
+            A.Affine(translate_percent=(-0.05, 0.05), scale=(0.95, 1.05), rotate=(-10, 10),
+                     border_mode=0, p=0.5)]
+
+
+def _strong() -> list:
+    A = _albumentations()
+    return [A.HorizontalFlip(p=0.5),
+            A.Affine(translate_percent=(-0.1, 0.1), scale=(0.85, 1.15), rotate=(-15, 15),
+                     border_mode=0, p=0.8),
+            A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.5),
+            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.15, 0.3),
+                            hole_width_range=(0.15, 0.3), fill=0, p=0.5)]
+
+
+# The transforms of each named albumentations pipeline (the names are declared in ferens.config;
+# the torch-* recipes are ferens.torch_augment's).
+PIPELINES = {"none": list, "light": _light, "strong": _strong}
+if set(PIPELINES) | set(TORCH_AUGMENTATIONS) != set(AUGMENTATIONS):
+    raise ImportError(f"ferens.augment implements the pipelines {sorted(PIPELINES)} (and "
+                      f"ferens.torch_augment {sorted(TORCH_AUGMENTATIONS)}) but ferens.config "
+                      f"declares {sorted(AUGMENTATIONS)}")
+
+
+def _named(name: str) -> list:
     if name in TORCH_AUGMENTATIONS:
         raise FerensError(f"augment={name!r} runs in torch on whole batches "
                           "(ferens.torch_augment), not as an albumentations pipeline")
-    raise FerensError(f"unknown augmentation {name!r}; choose one of {list(AUGMENTATIONS)} "
-                      "or give augment_override (an albumentations to_dict() pipeline)")
+    if name not in PIPELINES:
+        raise FerensError(f"unknown augmentation {name!r}; choose one of {list(AUGMENTATIONS)} "
+                          "or give augment_override (an albumentations to_dict() pipeline)")
+    return PIPELINES[name]()
 
 
 def train_pipeline(name: str, input_size: int = 48, crop_size: int = 0,

@@ -32,6 +32,14 @@ from scipy.special import log_softmax, softmax
 from torch import nn
 
 from ferens.adjust import adjusted_log_probs
+from ferens.bundle_format import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MANIFEST_KEYS,
+    MEMBER_FILES,
+    MEMBER_KEYS,
+)
 from ferens.classes import CLASS_NAMES
 from ferens.config import TTA, TrainConfig
 from ferens.data import file_sha256
@@ -41,9 +49,6 @@ from ferens.inference import load_member_model, predict_logits, select_device
 from ferens.outputs import output_folder
 from ferens.predictions import Predictions, load_predictions, read_json, write_json
 
-FORMAT = "ferens-bundle"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 WEIGHTS_FILE = "best.safetensors"
 ONNX_OPSET = 17
 VERIFY_TOLERANCE = 1e-5
@@ -227,36 +232,6 @@ def export_onnx(model: nn.Module, cfg: TrainConfig, path: Path) -> Path:
                           output_names=["logits"], opset_version=ONNX_OPSET,
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return path
-
-
-MEMBER_FILES = ("config.json", "model.safetensors", "model.onnx")
-# What a manifest may state (export writes these; make_default_model adds the provenance).
-MANIFEST_KEYS = {"format", "format_version", "ferens_version", "torch", "name", "source", "kind",
-                 "method", "class_names", "onnx", "members", "combiner",
-                 "verified_max_test_probability_difference", "weights_dtype", "provenance"}
-MEMBER_KEYS = {"name", "source", "test_accuracy", "files"}
-
-
-def is_own_bundle(folder: Path) -> bool:
-    """True only for a folder that holds a ferens bundle manifest and nothing but bundle files
-    (what ``export`` may replace); anything else there is the user's."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        return False
-    for entry in folder.iterdir():
-        if entry.is_symlink() or entry.name not in (MANIFEST, "members"):
-            return False
-    members = folder / "members"
-    if members.exists():
-        for member in members.iterdir():
-            if member.is_symlink() or not member.is_dir() or not member.name.isdigit():
-                return False
-            if any(f.is_symlink() or f.name not in MEMBER_FILES for f in member.iterdir()):
-                return False
-    return True
 
 
 def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False,

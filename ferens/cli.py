@@ -45,7 +45,9 @@ def train_member_cmd(
     ferplus: str | None = typer.Option(None, help="FER+ fer2013new.csv (with --labels ferplus)."),
     model: str | None = typer.Option(None, help="timm ResNet name [resnet18]."),
     stem: str | None = typer.Option(None, help="default (4x) | s2 (2x) | s1 (1x)."),
-    width: float | None = typer.Option(None, help="Channel width multiplier [1.0]."),
+    width: float | None = typer.Option(
+        None, help="Width multiplier of the 4 stages' channels [1.0]; a plain ResNet's stem "
+                   "stays 64 channels (only deep-stem models such as resnet18d scale it)."),
     pretrained: str | None = typer.Option(None, help="Local weights (.safetensors or .pth)."),
     augment: str | None = typer.Option(None, help="none | light | strong."),
     imbalance: str | None = typer.Option(None, help="none | weighted | focal | oversample."),

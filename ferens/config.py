@@ -1,4 +1,10 @@
-"""The typed configuration of one ensemble member; it round-trips through config.json."""
+"""The typed configuration of one ensemble member; it round-trips through config.json.
+
+This module imports neither torch nor albumentations, so reading a config (``ferens study
+--no-train``, the report, the exporter's checks) stays cheap: the choices below are declared
+here, and ``ferens.augment`` and ``ferens.models`` check at import that they implement exactly
+these names.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,28 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ferens.augment import AUGMENTATIONS, TORCH_AUGMENTATIONS, check_train_pipeline
 from ferens.errors import FerensError
-from ferens.models import STEMS, check_model_name
 
+# Named augmentation recipes: albumentations pipelines (built by ferens.augment) and the same
+# recipes in plain torch on whole batches (ferens.torch_augment).
+TORCH_AUGMENTATIONS = ("torch-light", "torch-strong")
+AUGMENTATIONS = ("none", "light", "strong", *TORCH_AUGMENTATIONS)
+# ResNet stems (applied by ferens.models), with what each one does.
+STEMS = {
+    "default": "stock stem: stride-2 conv + max-pool (4x downsampling, cheapest)",
+    "s2": "stride-2 conv, no max-pool (2x downsampling, ~2.5x the cost)",
+    "s1": "stride-1 conv, no max-pool (no downsampling, ~10x the cost)",
+}
 IMBALANCE = ("none", "weighted", "focal", "oversample")
 TTA = ("none", "flip", "shift", "tencrop")
 # engine 1: the v1 loop that trained results/study (one augmentation stream per epoch in the
 # training process; best epoch chosen on val without TTA). engine 2: per-sample seeded
 # loading (worker-count independent) and selection with the saved predictions' TTA.
 ENGINES = (1, 2)
+# What a saved config.json that lacks a field ran with, where that differs from today's default:
+# configs written before `engine` existed ran engine 1. Every other missing field takes its
+# default (see `saved_defaults`).
+LEGACY_DEFAULTS = {"engine": 1}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -168,10 +186,6 @@ class TrainConfig:
             raise FerensError("engine=1 reproduces v1 runs only: it has no loader workers, EMA, "
                               "mixing, alternating flip, FER+ soft targets, teacher or "
                               "select_tta")
-        check_model_name(self.model)
-        if self.augment_override:
-            check_train_pipeline(self.augment, self.input_size, self.crop_size,
-                                 self.augment_override, flip=not self.alternate_flip)
 
     @property
     def batch_augmented(self) -> bool:
@@ -228,7 +242,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        """A saved config.json; one written before ``engine`` existed ran engine 1."""
+        """A saved config.json; a field it lacks gets the value of `saved_defaults`."""
         path = Path(path)
         try:
             values = json.loads(path.read_text())
@@ -237,8 +251,15 @@ class TrainConfig:
                               ) from None
         if not isinstance(values, dict):
             raise FerensError(f"{path}: a config must be a JSON object")
-        values.setdefault("engine", 1)
+        for key, value in LEGACY_DEFAULTS.items():
+            values.setdefault(key, value)
         return cls.from_dict(values, source=str(path))
+
+
+def saved_defaults() -> dict:
+    """The value of every field for a saved config.json that lacks it (the rule of
+    `TrainConfig.load`): ``LEGACY_DEFAULTS`` where an older default differs, else today's."""
+    return TrainConfig().to_dict() | LEGACY_DEFAULTS
 
 
 def read_text(path: str | Path, what: str = "file") -> str:

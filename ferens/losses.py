@@ -43,10 +43,16 @@ def class_weights(counts: np.ndarray, scheme: str, beta: float = 0.999) -> np.nd
 
 
 class FocalCrossEntropy(nn.Module):
-    """-sum_c q_c w_c (1 - p_c)^gamma log p_c, averaged like torch's weighted cross-entropy.
+    """-sum_i sum_c q_ic w_c (1 - p_ic)^gamma log p_ic / sum_i sum_c t_ic w_c.
 
-    q is the (optionally label-smoothed) target; w the class weights (or focal alpha).
-    With gamma = 0 it is exactly ``F.cross_entropy(weight=w, label_smoothing=s)``.
+    t is the target: class indices (one-hot) or class distributions (mixed, FER+ soft); q is t
+    label-smoothed; w the class weights (or focal alpha), all ones without. One normalisation
+    for every case: the weighted mean over the targets' weights, which is the batch size
+    without class weights (target rows sum to 1). So a one-hot soft target gives exactly the
+    hard label's loss, with or without weights, and with gamma = 0 the loss is
+    ``F.cross_entropy(weight=w, label_smoothing=s)`` for hard targets and for soft ones without
+    weights. (torch itself averages weighted soft targets over the batch size instead, which
+    would make a weighted loss depend on whether the labels came as indices or one-hot rows.)
     """
 
     def __init__(self, weight: torch.Tensor | None = None, gamma: float = 0.0,
@@ -59,17 +65,17 @@ class FocalCrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``target`` is class indices (N,) or class distributions (N,K) (mixed or soft)."""
         soft = target.is_floating_point()
-        if self.gamma == 0:
+        if self.gamma == 0 and (not soft or self.weight is None):
+            # torch normalises these cases exactly as documented above
             return F.cross_entropy(logits, target, weight=self.weight,
                                    label_smoothing=self.label_smoothing)
         num_classes = logits.shape[1]
         log_p = F.log_softmax(logits.float(), dim=1)
-        q = target.float() if soft else F.one_hot(target, num_classes).float()
-        if self.label_smoothing:
-            q = q * (1 - self.label_smoothing) + self.label_smoothing / num_classes
+        t = target.float() if soft else F.one_hot(target, num_classes).float()
         w = self.weight if self.weight is not None else log_p.new_ones(num_classes)
+        norm = (t * w).sum()
+        q = t * (1 - self.label_smoothing) + self.label_smoothing / num_classes
         per_class = -q * w * (1 - log_p.exp()).pow(self.gamma) * log_p
-        norm = (target.float() * w).sum() if soft else w[target].sum()
         return per_class.sum() / norm
 
 

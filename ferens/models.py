@@ -13,13 +13,15 @@ import torch
 from torch import nn
 
 from ferens.classes import NUM_CLASSES
+from ferens.config import STEMS
 from ferens.errors import FerensError
 
-STEMS = {
-    "default": "stock stem: stride-2 conv + max-pool (4x downsampling, cheapest)",
-    "s2": "stride-2 conv, no max-pool (2x downsampling, ~2.5x the cost)",
-    "s1": "stride-1 conv, no max-pool (no downsampling, ~10x the cost)",
-}
+# How each stem of ferens.config.STEMS changes the stock ResNet: (keep the max-pool, stride of
+# the first conv).
+STEM_LAYOUTS = {"default": (True, 2), "s2": (False, 2), "s1": (False, 1)}
+if set(STEM_LAYOUTS) != set(STEMS):
+    raise ImportError(f"ferens.models implements the stems {sorted(STEM_LAYOUTS)} but "
+                      f"ferens.config declares {sorted(STEMS)}")
 
 
 def check_model_name(name: str) -> None:
@@ -46,6 +48,8 @@ def create_member_model(name: str = "resnet18", stem: str = "default", width: fl
     if width <= 0:
         raise FerensError(f"width must be positive, got {width}")
     kwargs = {}
+    # width scales the four stages; timm reads stem_width only for deep stems (resnet18d, ...),
+    # so a plain ResNet's stem keeps 64 channels (saved models depend on this: keep it)
     if width != 1.0:
         kwargs["channels"] = tuple(max(8, round(c * width)) for c in (64, 128, 256, 512))
         kwargs["stem_width"] = max(8, round(64 * width))
@@ -64,12 +68,12 @@ def create_member_model(name: str = "resnet18", stem: str = "default", width: fl
 
 
 def _apply_stem(model: nn.Module, stem: str) -> None:
-    if stem == "default":
-        return
-    model.maxpool = nn.Identity()
-    if stem == "s1":
+    keep_maxpool, stride = STEM_LAYOUTS[stem]
+    if not keep_maxpool:
+        model.maxpool = nn.Identity()
+    if stride != 2:
         first = model.conv1[0] if isinstance(model.conv1, nn.Sequential) else model.conv1
-        first.stride = (1, 1)
+        first.stride = (stride, stride)
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

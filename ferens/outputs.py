@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ferens.bundle_format import is_own_bundle
 from ferens.errors import FerensError
 
 RUN_FILES = {"config.json", "summary.json", "predictions/val.npz", "predictions/test.npz",
@@ -89,8 +90,6 @@ def is_own_output(folder: Path, kind: str) -> bool:
     copy of a member) or ``bundle``: every file in it, at any depth, is one that output lists
     as its own (no links, no other files)."""
     if kind == "bundle":
-        from ferens.bundle import is_own_bundle
-
         return is_own_bundle(folder)
     tree = _tree(folder)
     if tree is None:

@@ -27,8 +27,15 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 from ferens.classes import CLASS_NAMES
 from ferens.errors import FerensError
+from ferens.outputs import output_folder
 
 SPLITS = ("val", "test")
+# The small outputs of a finished member that a study's results keep (never its weights or
+# checkpoints); engine-2 members also predict the Training split, so they can teach without
+# their weights.
+MEMBER_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.npz",
+                  "predictions/test.npz")
+OPTIONAL_MEMBER_OUTPUTS = ("predictions/train.npz",)
 # Fields of config.json / summary.json that ensemble, adjust and report read, by type.
 RUN_FIELD_TYPES = {"name": (str, "text"), "kind": (str, "member, ensemble or adjusted"),
                    "labels": (str, "fer2013 or ferplus"), "source": (str, "a folder path"),
@@ -92,6 +99,34 @@ def unique_names(names: list[str]) -> list[str]:
         seen[name] = seen.get(name, 0) + 1
         out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
     return out
+
+
+def member_outputs(run_dir: Path) -> list[str]:
+    """The small outputs of a finished member that results keep (never checkpoints)."""
+    return [*MEMBER_OUTPUTS, *(n for n in OPTIONAL_MEMBER_OUTPUTS if (run_dir / n).is_file())]
+
+
+def store_member(results_dir: Path, name: str, outputs: dict[str, bytes]) -> Path:
+    """Write a finished member's small outputs (``{relative path: bytes}``) as
+    ``results_dir/members/<name>``, whole, through a staging folder. An existing folder there
+    is replaced only when it holds nothing but such outputs (an earlier copy); any other file
+    in it is the user's, and the member is refused with one line. An identical copy is left
+    as it is."""
+    dest = results_dir / "members" / name
+    if dest.is_dir() and not dest.is_symlink() and _same_files(dest, outputs):
+        return dest
+    with output_folder(dest, "member") as tmp:
+        for relative, content in outputs.items():
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / relative).write_bytes(content)
+    return dest
+
+
+def _same_files(folder: Path, outputs: dict[str, bytes]) -> bool:
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    return present == set(outputs) and all(
+        not (folder / r).is_symlink() and (folder / r).read_bytes() == content
+        for r, content in outputs.items())
 
 
 def run_names(runs: list[Run]) -> list[str]:

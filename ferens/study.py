@@ -40,13 +40,10 @@ from ferens.children import stop as stop_children
 from ferens.config import NAME_PATTERN, RANGES, TrainConfig, config_differences, read_text
 from ferens.ensemble import METHODS as ALL_METHODS
 from ferens.errors import FerensError
-from ferens.outputs import check_creatable, folder_lock, output_folder
-from ferens.predictions import read_json, write_json
+from ferens.lanes import gpu_lane_plan
+from ferens.outputs import check_creatable, folder_lock
+from ferens.predictions import member_outputs, read_json, store_member, write_json
 
-SMALL_OUTPUTS = ("config.json", "metrics.csv", "summary.json", "predictions/val.npz",
-                 "predictions/test.npz")
-# Engine-2 members also predict the Training split, so they can teach without their weights.
-OPTIONAL_OUTPUTS = ("predictions/train.npz",)
 BACKENDS = ("local", "ray")
 TABLES = ("study", "defaults", "members", "ensembles", "ray")  # [ray]: read by ferens.study_ray
 GROUP_KEYS = {"name", "members", "methods"}  # an [[ensembles]] table
@@ -63,9 +60,6 @@ STUDY_KEYS = {  # every [study] key and what its value must be
 # Overrides [study] runs_dir: where this machine keeps the members' checkpoints between sessions
 RUNS_DIR_ENV = "FERENS_RUNS_DIR"
 DEADLINE_ENV = "FERENS_DEADLINE"  # read by ferens.train too (not imported: it needs torch)
-# loader workers of a member on a GPU machine: beyond this, worker start-up and memory grow
-# faster than the images/s (experiments/gpu/timing.py measures 0..14 workers on the device)
-GPU_LOADER_WORKERS_MAX = 8
 
 
 @dataclass(frozen=True)
@@ -252,34 +246,6 @@ def is_committed(cfg: TrainConfig, results_dir: Path) -> bool:
     return not config_differences(before, cfg, ignore=("out_dir", "data", "threads", "workers"))
 
 
-def member_outputs(run_dir: Path) -> list[str]:
-    """The small outputs of a finished member that results keep (never checkpoints)."""
-    return [*SMALL_OUTPUTS, *(n for n in OPTIONAL_OUTPUTS if (run_dir / n).is_file())]
-
-
-def store_member(results_dir: Path, name: str, outputs: dict[str, bytes]) -> Path:
-    """Write a finished member's small outputs (``{relative path: bytes}``) as
-    ``results_dir/members/<name>``, whole, through a staging folder. An existing folder there
-    is replaced only when it holds nothing but such outputs (an earlier copy); any other file
-    in it is the user's, and the member is refused with one line. An identical copy is left
-    as it is."""
-    dest = results_dir / "members" / name
-    if dest.is_dir() and not dest.is_symlink() and _same_files(dest, outputs):
-        return dest
-    with output_folder(dest, "member") as tmp:
-        for relative, content in outputs.items():
-            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / relative).write_bytes(content)
-    return dest
-
-
-def _same_files(folder: Path, outputs: dict[str, bytes]) -> bool:
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
-    return present == set(outputs) and all(
-        not (folder / r).is_symlink() and (folder / r).read_bytes() == content
-        for r, content in outputs.items())
-
-
 def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
     """Copy a finished member's small outputs into results (see ``store_member``)."""
     return store_member(results_dir, cfg.name, {
@@ -293,15 +259,6 @@ def collect_finished(study: Study) -> list[str]:
     for cfg in done:
         collect_member(cfg, study.results_dir)
     return [cfg.name for cfg in done]
-
-
-def gpu_lane_plan(pending: int, gpus: int, cores: int | None = None) -> tuple[int, int]:
-    """(lanes, loader workers per lane) on a GPU machine: one member per GPU at a time, the
-    CPU cores split between the lanes, two for the training process (and its pin-memory
-    thread), the rest loading, at most GPU_LOADER_WORKERS_MAX."""
-    cores = cores or os.cpu_count() or 1
-    lanes = max(1, min(gpus, pending or 1))
-    return lanes, max(0, min(GPU_LOADER_WORKERS_MAX, cores // lanes - 2))
 
 
 def cuda_device_count() -> int:
@@ -401,6 +358,20 @@ def pending_members(study: Study, only: list[str] | None = None
     pending = [m for m in study.members
                if m.name not in committed and (not only or m.name in only)]
     return pending, committed
+
+
+def check_trainable_members(study: Study, only: list[str] | None = None) -> None:
+    """Refuse, before anything is collected or started, a member (of ``only``, else any) that
+    timm or albumentations cannot build (`ferens.train.check_trainable`: the model, an
+    ``augment_override``). Only a study that trains runs it: reading one never imports them."""
+    from ferens.train import check_trainable
+
+    for i, cfg in enumerate(study.members):
+        if not only or cfg.name in only:
+            try:
+                check_trainable(cfg)
+            except FerensError as exc:
+                raise FerensError(f"{study.path} member {i}: {exc}") from None
 
 
 def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
@@ -583,10 +554,16 @@ def run_study(path: str | Path, lanes: int | None = None, train: bool = True,
                           "and GPUs each one declares")
     study = load_study(path)
     if train and backend == "ray":
-        from ferens.study_ray import train_members_ray
+        from ferens import study_ray
 
-        failed = train_members_ray(study, address=address, only=only, threads=threads)
+        study_ray.import_ray()  # without Ray: one line on how to install it, before any work
+        check_trainable_members(study, only)
+        pending, committed = pending_members(study, only)
+        failed = study_ray.train_members_ray(
+            pending, study.results_dir, study_ray.load_ray_settings(study.path),
+            committed=len(committed), address=address, threads=threads, say=_say)
     elif train:
+        check_trainable_members(study, only)
         failed = train_members(study, lanes, only=only, threads=threads)
     else:
         failed = []

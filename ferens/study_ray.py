@@ -3,7 +3,7 @@
 Every member still to train becomes one Ray task that declares its resources from its config
 (CPUs = its threads plus its loader workers, one GPU when it trains on CUDA), so Ray's own
 scheduler places it on a node with those free. A CUDA member that names no loader workers gets
-the local backend's share (``ferens.study.gpu_lane_plan`` on the largest node), unless it
+the local backend's share (``ferens.lanes.gpu_lane_plan`` on the largest node), unless it
 augments on the GPU (``torch-*`` recipes), which needs none. A task trains its member in a
 fresh worker process (``train_member(..., resume=True)``), in ``<checkpoint_root>/<name>`` on
 that node (the member's ``out_dir`` unless the study sets one), and returns the member's small
@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
-from ferens.predictions import read_json
-from ferens.study import Study, _say, gpu_lane_plan, member_outputs, pending_members, store_member
+from ferens.lanes import gpu_lane_plan
+from ferens.predictions import member_outputs, read_json, store_member
 
 INSTALL_HINT = "--backend ray needs Ray, an optional extra: pip install 'ferens[ray]'"
 
@@ -117,7 +118,7 @@ def run_member(values: dict) -> dict:
 
 def write_member_outputs(results_dir: Path, name: str, outputs: dict[str, bytes]) -> Path:
     """Write a member's returned outputs under ``results_dir/members/<name>``, whole (see
-    ``ferens.study.store_member``: never over files ferens did not write)."""
+    ``ferens.predictions.store_member``: never over files ferens did not write)."""
     return store_member(results_dir, name, outputs)
 
 
@@ -138,15 +139,16 @@ def _failure(ray, exc: Exception, retries: int) -> str:
     return f"its worker died on all {retries + 1} attempt(s) ({line})"
 
 
-def train_members_ray(study: Study, address: str | None = None, only: list[str] | None = None,
-                      threads: int | None = None, settings: RaySettings | None = None
-                      ) -> list[str]:
-    """Train every unfinished member (or those in ``only``) as a Ray task; returns the names
-    that failed. Joins ``address`` (``auto``: the running cluster), else uses the Ray already
-    initialised in this process, else starts a local one with this machine's cores."""
+def train_members_ray(pending: list[TrainConfig], results_dir: Path, settings: RaySettings, *,
+                      committed: int = 0, address: str | None = None, threads: int | None = None,
+                      say: Callable[[str], None]) -> list[str]:
+    """Train the members ``pending`` as Ray tasks, writing each one's small outputs into
+    ``results_dir/members/<name>`` as it finishes; returns the names that failed. Joins
+    ``address`` (``auto``: the running cluster), else uses the Ray already initialised in this
+    process, else starts a local one with this machine's cores. ``committed`` (members already
+    finished) and ``say`` (one progress line) are for the messages. ``ferens.study`` calls it;
+    this module never imports the study driver."""
     ray = import_ray()
-    settings = settings or load_ray_settings(study.path)
-    pending, committed = pending_members(study, only)
     started_here = not ray.is_initialized()
     if started_here:
         kwargs = {"include_dashboard": False} if address is None else {}
@@ -155,14 +157,15 @@ def train_members_ray(study: Study, address: str | None = None, only: list[str] 
         except ConnectionError as exc:
             raise FerensError(f"--address {address}: cannot join a Ray cluster ({exc})") from None
     try:
-        return _run_tasks(ray, study, pending, committed, settings, threads)
+        return _run_tasks(ray, results_dir, pending, committed, settings, threads, say)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _run_tasks(ray, study: Study, pending: list[TrainConfig], committed: list[str],
-               settings: RaySettings, threads: int | None) -> list[str]:
+def _run_tasks(ray, results_dir: Path, pending: list[TrainConfig], committed: int,
+               settings: RaySettings, threads: int | None, say: Callable[[str], None]
+               ) -> list[str]:
     cpus, gpus = _largest_node(ray)
     remote = ray.remote(max_calls=1)(run_member)  # a fresh process per member, as locally
     failed, refs = [], {}
@@ -171,17 +174,17 @@ def _run_tasks(ray, study: Study, pending: list[TrainConfig], committed: list[st
         need = member_resources(task, gpus)
         if need["num_cpus"] > cpus or need["num_gpus"] > gpus:
             failed.append(cfg.name)
-            _say(f"FAILED {cfg.name}: needs {need['num_cpus']} CPU(s) and {need['num_gpus']} "
-                 f"GPU(s); the largest Ray node has {cpus:g} CPU(s) and {gpus:g} GPU(s)")
+            say(f"FAILED {cfg.name}: needs {need['num_cpus']} CPU(s) and {need['num_gpus']} "
+                f"GPU(s); the largest Ray node has {cpus:g} CPU(s) and {gpus:g} GPU(s)")
             continue
         ref = remote.options(name=f"ferens-member:{cfg.name}", max_retries=settings.max_retries,
                              **need).remote(task.to_dict())
         refs[ref] = cfg
     total = ray.cluster_resources()
-    _say(f"{len(committed)} finished, {len(refs)} to train as Ray tasks on "
-         f"{total.get('CPU', 0):g} CPU(s) and {total.get('GPU', 0):g} GPU(s) "
-         f"(max_retries {settings.max_retries}; runs under "
-         f"{settings.checkpoint_root or '<out_dir>'}/<name> on the workers)")
+    say(f"{committed} finished, {len(refs)} to train as Ray tasks on "
+        f"{total.get('CPU', 0):g} CPU(s) and {total.get('GPU', 0):g} GPU(s) "
+        f"(max_retries {settings.max_retries}; runs under "
+        f"{settings.checkpoint_root or '<out_dir>'}/<name> on the workers)")
     waiting = list(refs)
     try:
         while waiting:
@@ -192,18 +195,18 @@ def _run_tasks(ray, study: Study, pending: list[TrainConfig], committed: list[st
                     result = ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     failed.append(cfg.name)
-                    _say(f"FAILED {cfg.name}: {_failure(ray, exc, settings.max_retries)}")
+                    say(f"FAILED {cfg.name}: {_failure(ray, exc, settings.max_retries)}")
                     continue
-                dest = write_member_outputs(study.results_dir, cfg.name, result["outputs"])
+                dest = write_member_outputs(results_dir, cfg.name, result["outputs"])
                 summary = read_json(dest / "summary.json")
                 resumed = result["resumed_after_epoch"]
-                _say(f"finished {cfg.name} on {result['node']}"
-                     + (f" (resumed after epoch {resumed})" if resumed else "")
-                     + f": test accuracy {summary['test']['accuracy']:.4f}, "
-                       f"{summary['train_minutes']:.1f} train min")
+                say(f"finished {cfg.name} on {result['node']}"
+                    + (f" (resumed after epoch {resumed})" if resumed else "")
+                    + f": test accuracy {summary['test']['accuracy']:.4f}, "
+                      f"{summary['train_minutes']:.1f} train min")
     except KeyboardInterrupt:
         for ref in waiting:
             ray.cancel(ref, force=True)
-        _say("interrupted; run the same command again to resume")
+        say("interrupted; run the same command again to resume")
         raise
     return failed

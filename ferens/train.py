@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from ferens.augment import check_train_pipeline
 from ferens.classes import CLASS_NAMES, NUM_CLASSES
 from ferens.config import TTA, TrainConfig, config_differences
 from ferens.data import FerDataset, apply_ferplus_labels, load_fer2013
@@ -51,7 +52,7 @@ from ferens.inference import (
 from ferens.loader import DeviceLoader, TrainLoader, epoch_seed, make_loader, sample_seed
 from ferens.losses import build_loss, distillation_loss
 from ferens.mixing import mix_batch, mixing_enabled
-from ferens.models import create_member_model
+from ferens.models import check_model_name, create_member_model
 from ferens.outputs import folder_lock
 from ferens.predictions import (
     Predictions,
@@ -403,16 +404,29 @@ def _check_run_dir(cfg: TrainConfig, resume: bool, name_from: str = "") -> Path:
     return run_dir
 
 
+def check_trainable(cfg: TrainConfig) -> None:
+    """The checks of a config that need timm or albumentations, kept out of ``TrainConfig`` so
+    reading a config never imports them: the model is a ResNet of timm.models.resnet, and an
+    ``augment_override`` builds and turns a 48x48 face into a training image. `train_member`
+    runs them before anything is written, and ``ferens study`` for every member it will train
+    before starting any."""
+    check_model_name(cfg.model)
+    if cfg.augment_override:
+        check_train_pipeline(cfg.augment, cfg.input_size, cfg.crop_size, cfg.augment_override,
+                             flip=not cfg.alternate_flip)
+
+
 def train_member(cfg: TrainConfig, resume: bool = False, show_progress: bool = True,
                  name_from: str = "", name_derived: bool = False,
                  deadline: float | None = None) -> dict:
     """Train (or resume) one member and write its run folder; returns the summary.
 
     ``deadline`` (unix time; default ``$FERENS_DEADLINE``) stops training gracefully before
-    it would be passed (see the module docstring). Data, device and targets are checked before
-    anything is written, so a failed command leaves no run folder behind to block the
-    corrected one. ``name_from`` (e.g. "from --config x.toml") is named when an existing run
-    refuses the name."""
+    it would be passed (see the module docstring). The model and augmentation
+    (`check_trainable`), data, device and targets are checked before anything is written, so a
+    failed command leaves no run folder behind to block the corrected one. ``name_from`` (e.g.
+    "from --config x.toml") is named when an existing run refuses the name."""
+    check_trainable(cfg)
     deadline = deadline_from_env() if deadline is None else deadline
     with folder_lock(cfg.run_dir):  # two writers on one run folder would corrupt it
         return _train_member(cfg, resume, show_progress, name_from, name_derived, deadline)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from ferens.adjust import adjust_run, choose_tau, class_log_prior
+from ferens.adjust import adjust_run, adjusted_log_probs, choose_tau, class_log_prior
 from ferens.ensemble import build_ensemble
 from ferens.errors import FerensError
 from ferens.predictions import Predictions, load_run, save_predictions, write_json
@@ -26,13 +26,15 @@ def biased_logits(labels: np.ndarray, seed: int, bias: float = 2.0,
 
 
 def write_run(root, name: str = "member", val_labels: np.ndarray | None = None,
-              shuffle_test_labels: bool = False):
-    """A run folder; ``shuffle_test_labels`` keeps the logits but scrambles the saved labels."""
+              shuffle_test_labels: bool = False, test_labels: np.ndarray | None = None):
+    """A run folder; ``shuffle_test_labels`` keeps the logits but scrambles the saved labels,
+    ``test_labels`` keeps the logits but saves these labels (other class counts) instead."""
     val_labels = np.repeat(np.arange(7), COUNTS) if val_labels is None else val_labels
-    test_labels = np.repeat(np.arange(7), COUNTS)
-    test_logits = biased_logits(test_labels, 2)
+    saved = np.repeat(np.arange(7), COUNTS)
+    test_logits = biased_logits(saved, 2)
     if shuffle_test_labels:
-        test_labels = np.random.default_rng(0).permutation(test_labels)
+        saved = np.random.default_rng(0).permutation(saved)
+    test_labels = saved if test_labels is None else test_labels
     path = root / name
     write_json(path / "config.json", {"name": name})
     write_json(path / "summary.json", {"name": name, "kind": "member"})
@@ -69,6 +71,25 @@ def test_tau_is_chosen_on_val_only(tmp_path):
     assert a.summary["tau"] > 0
     assert a.summary["tau"] == b.summary["tau"]
     assert np.array_equal(a.test.predicted, b.test.predicted)
+
+
+def test_the_prior_comes_from_the_val_labels_never_the_test_labels(tmp_path):
+    """Test labels with other class counts than val (uniform instead of imbalanced) change
+    neither the prior, nor tau, nor a single adjusted test prediction."""
+    n = int(COUNTS.sum())
+    uniform = np.arange(n) % 7
+    a = adjust_run(write_run(tmp_path, "a"), tmp_path / "adj-a")
+    b = adjust_run(write_run(tmp_path, "b", test_labels=uniform), tmp_path / "adj-b")
+    val_prior = class_log_prior(np.repeat(np.arange(7), COUNTS), 7)
+    assert not np.allclose(val_prior, class_log_prior(uniform, 7))
+    for run in (a, b):
+        assert np.allclose(run.config["log_prior"], val_prior)
+        assert run.config["prior_from"] == "val labels"
+    assert a.summary["tau"] == b.summary["tau"] > 0
+    np.testing.assert_allclose(a.test.log_probs, b.test.log_probs, atol=1e-6)
+    source = load_run(tmp_path / "b")
+    expected = adjusted_log_probs(source.test.log_probs, val_prior, b.summary["tau"])
+    np.testing.assert_allclose(b.test.log_probs, expected, atol=1e-5)
 
 
 def test_accuracy_budget_takes_the_largest_tau_that_keeps_accuracy_within_budget():

@@ -71,3 +71,16 @@ def test_training_batches_are_augmented_per_image_and_per_epoch():
     assert np.array_equal(idx.numpy(), np.arange(len(FACES)))
     assert _changed(one.numpy(), FACES).mean() > 0.8
     assert _changed(one.numpy(), two.numpy()).mean() > 0.8
+
+
+def test_augment_refuses_to_import_when_the_config_declares_a_pipeline_it_lacks():
+    import subprocess
+    import sys
+
+    code = ("import ferens.config as c; c.AUGMENTATIONS = (*c.AUGMENTATIONS, 'wild'); "
+            "import ferens.augment")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode != 0
+    assert ("ferens.config declares ['light', 'none', 'strong', 'torch-light', 'torch-strong', "
+            "'wild']") in done.stderr

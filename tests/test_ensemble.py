@@ -358,3 +358,30 @@ def test_rebuilding_an_unchanged_ensemble_rewrites_identical_files(tmp_path, mon
     build_ensemble([a, b, c], method="weighted", out=out)
     assert read_json(out / "summary.json")["seconds"] != json.loads(first["summary.json"])[
         "seconds"]
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "nll"])
+@pytest.mark.parametrize("rounds", [3, 5])
+def test_greedy_selection_returns_the_best_prefix_not_every_round(metric, rounds):
+    """Two mirror-image experts: their 50/50 mean is best on val, and every later round (forced
+    to add one of them again) tilts the mix and scores worse, so the picks stop at two."""
+    from ferens.ensemble import greedy_selection
+
+    labels = np.tile(np.arange(7), 20)
+    first_half = np.arange(len(labels)) < len(labels) // 2
+
+    def expert(good: np.ndarray) -> np.ndarray:
+        z = np.zeros((len(labels), 7))
+        z[np.arange(len(labels)), labels] = np.where(good, 4.0, 0.5)
+        z[np.arange(len(labels)), (labels + 1) % 7] += np.where(good, 0.0, 1.0)
+        return log_softmax(z, axis=1)
+
+    members = [expert(first_half), expert(~first_half)]
+    picks = greedy_selection(members, labels, metric, rounds=rounds)
+    assert sorted(picks) == [0, 1]
+
+    def val_nll(chosen: list[int]) -> float:
+        probs = np.mean([np.exp(members[i]) for i in chosen], axis=0)
+        return float(-np.log(probs[np.arange(len(labels)), labels]).mean())
+
+    assert all(val_nll(picks) < val_nll([*picks, extra]) for extra in (0, 1))

@@ -292,6 +292,20 @@ def test_a_bad_member_setting_is_one_line_before_anything_is_written(
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_study_member_timm_cannot_build_is_one_line_before_any_member_starts(
+        tiny_csv, tmp_path, monkeypatch, capsys):
+    """The model check needs timm, so TrainConfig leaves it to ferens.train.check_trainable:
+    a training study runs it for every member before starting any (reading one never does)."""
+    study = tmp_path / "study.toml"
+    study.write_text(f'[study]\nresults_dir = "{tmp_path / "results"}"\n'
+                     f'[defaults]\nout_dir = "{tmp_path / "runs"}"\ndata = "{tiny_csv}"\n'
+                     'epochs = 1\nwidth = 0.25\n[[members]]\nname = "ok"\n'
+                     '[[members]]\nname = "bad"\nmodel = "resnetv2_50"\n')
+    code, _, err = run_cli(["study", study], monkeypatch, capsys)
+    assert "member 1: unknown model 'resnetv2_50'" in _last_line_error(code, err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
 def test_a_corrected_augment_override_is_not_refused_as_already_existing(
         tiny_csv, tmp_path, monkeypatch, capsys):
     common = ["train-member", "--data", tiny_csv, "--out-dir", tmp_path / "runs", "--name", "m",

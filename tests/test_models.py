@@ -59,3 +59,27 @@ def test_unknown_model_and_stem_are_rejected():
         create_member_model("vit_base_patch16_224")
     with pytest.raises(FerensError, match="unknown stem"):
         create_member_model("resnet18", stem="s4")
+
+
+@pytest.mark.parametrize("name, stem_channels", [("resnet18", 64), ("resnet50", 64),
+                                                 ("resnet18d", 32)])
+def test_width_scales_the_stages_and_only_a_deep_stem(name, stem_channels):
+    """What --width documents: stages at 0.5x; a plain ResNet's stem stays 64 channels (timm's
+    stem_width is read by deep stems only), a deep stem halves. Saved models depend on it."""
+    full, half = create_member_model(name), create_member_model(name, width=0.5)
+    assert half.bn1.num_features == stem_channels
+    assert full.bn1.num_features == 64
+    first_stage = lambda m: m.layer1[0].conv1.out_channels  # noqa: E731
+    assert first_stage(half) * 2 == first_stage(full)
+    assert half.num_features * 2 == full.num_features
+
+
+def test_models_refuse_to_import_when_the_config_declares_a_stem_they_lack():
+    import subprocess
+    import sys
+
+    code = "import ferens.config as c; c.STEMS['s4'] = 'new'; import ferens.models"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode != 0
+    assert "ferens.config declares ['default', 's1', 's2', 's4']" in done.stderr

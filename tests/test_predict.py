@@ -292,6 +292,19 @@ def damage_weights(bundle: Path) -> str:
     return "corrupted"
 
 
+def damage_one_byte(bundle: Path) -> str:
+    """One flipped bit in the middle of the tensor data: the file still parses as safetensors
+    (a weight changes silently), so only the manifest's SHA-256 can catch it."""
+    from safetensors.numpy import load_file
+
+    weights = bundle / "members" / "0" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert load_file(str(weights))
+    return "SHA-256 differs from the manifest"
+
+
 def damage_missing(bundle: Path) -> str:
     (bundle / "members" / "0" / "config.json").unlink()
     return "missing from the bundle"
@@ -302,8 +315,8 @@ def damage_manifest(bundle: Path) -> str:
     return "corrupted manifest"
 
 
-@pytest.mark.parametrize("damage", [damage_version, damage_weights, damage_missing,
-                                    damage_manifest])
+@pytest.mark.parametrize("damage", [damage_version, damage_weights, damage_one_byte,
+                                    damage_missing, damage_manifest])
 def test_bundle_of_another_format_version_or_damaged_is_rejected_clearly(
         ws, tmp_path, monkeypatch, capsys, damage):
     bundle = shutil.copytree(ws.bundle, tmp_path / "bundle")

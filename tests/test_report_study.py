@@ -19,7 +19,7 @@ from ferens.errors import FerensError
 from ferens.predictions import Predictions, save_predictions, write_json
 from ferens.report import compute_metrics, load_runs, write_report
 from ferens.reporting.groups import find_groups
-from ferens.reporting.recipes import LATER_MEMBER_DEFAULTS, recipe
+from ferens.reporting.recipes import recipe
 
 K = len(CLASS_NAMES)
 N = 210
@@ -202,16 +202,19 @@ def test_bookkeeping_and_fitted_values_do_not_make_groups():
     assert find_groups([recipe(member), recipe(moved)]) == []
 
 
-def test_member_configs_from_before_a_field_existed_get_its_old_default():
+def test_member_configs_from_before_a_field_existed_get_its_old_default(tmp_path):
     from ferens.config import TrainConfig
 
-    defaults = TrainConfig()
-    for field, value in LATER_MEMBER_DEFAULTS.items():
-        if field != "engine":   # configs written before `engine` existed ran engine 1
-            assert getattr(defaults, field) == value, field
     old = {"model": "resnet18", "seed": 0}
     assert recipe(old) == recipe({**old, "engine": 1, "ema_decay": 0.0})
     assert recipe(old) != recipe({**old, "engine": 2})
+    # the same rule as TrainConfig.load: a config.json without `engine` ran engine 1, and
+    # every other missing field has its default
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded = TrainConfig.load(tmp_path / "config.json")
+    assert loaded.engine == 1 and loaded.select_tta == "auto"
+    assert recipe(old) == recipe(loaded.to_dict()) == recipe(TrainConfig(engine=1).to_dict())
+    assert recipe(old) != recipe(TrainConfig(engine=1, mix_prob=0.5).to_dict())
 
 
 def test_forced_group_compares_runs_whatever_else_differs(study):

@@ -349,10 +349,11 @@ def test_no_member_starts_once_the_deadline_has_passed(tmp_path, tiny_csv, monke
 def test_collecting_a_member_never_overwrites_files_ferens_did_not_write(tmp_path):
     """Issue 28: results_dir/members/<name> is replaced only when it is an earlier copy."""
     from ferens.config import TrainConfig
-    from ferens.study import SMALL_OUTPUTS, collect_member
+    from ferens.predictions import MEMBER_OUTPUTS
+    from ferens.study import collect_member
 
     cfg = TrainConfig(name="m", out_dir=str(tmp_path / "runs"))
-    for relative in SMALL_OUTPUTS:
+    for relative in MEMBER_OUTPUTS:
         (cfg.run_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         (cfg.run_dir / relative).write_text("{}")
     cfg.save(cfg.run_dir / "config.json")

@@ -315,6 +315,57 @@ def test_optimizer_state_is_read_on_the_cpu(tiny_csv, tmp_path, monkeypatch):
     assert loads == ["cpu"]
 
 
+def test_early_stop_metric_macro_f1_picks_the_epoch_with_the_best_macro_f1(tiny_csv, tmp_path,
+                                                                         monkeypatch):
+    # accuracy peaks at epoch 1, macro-F1 at epoch 3
+    scores = {1: (0.6, 0.2), 2: (0.5, 0.3), 3: (0.4, 0.5)}
+    epochs_seen = []
+
+    def scripted(parts, split, cfg):
+        epochs_seen.append(len(epochs_seen) + 1)
+        accuracy, macro_f1 = scores[epochs_seen[-1]]
+        return {"val_loss": 1.0, "val_accuracy": accuracy, "val_macro_f1": macro_f1}
+
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+    by_f1 = train_member(_config(tiny_csv, tmp_path / "f1", epochs=3,
+                                 early_stop_metric="macro_f1"), show_progress=False)
+    epochs_seen.clear()
+    by_accuracy = train_member(_config(tiny_csv, tmp_path / "acc", epochs=3),
+                               show_progress=False)
+    assert (by_f1["best_epoch"], by_accuracy["best_epoch"]) == (3, 1)
+
+
+def test_the_fp16_grad_scaler_state_is_checkpointed_and_restored_on_resume(tiny_csv, tmp_path,
+                                                                          monkeypatch):
+    """fp16 on the CPU (autocast and GradScaler work there too): the scaler's scale and growth
+    tracker after epoch 1 are what the resumed run starts epoch 2 with."""
+    cfg = _config(tiny_csv, tmp_path, epochs=2, precision="fp16", device="cpu")
+    real = train_module.train_one_epoch
+    scaler_at: dict[tuple[int, str], dict] = {}
+
+    def recording(parts, loader, config, epoch, *rest):
+        scaler_at[epoch, "start"] = parts.scaler.state_dict()
+        if epoch == 2 and (1, "end") in scaler_at and (2, "resumed") not in scaler_at:
+            scaler_at[2, "resumed"] = {}
+            raise KeyboardInterrupt
+        result = real(parts, loader, config, epoch, *rest)
+        scaler_at[epoch, "end"] = parts.scaler.state_dict()
+        return result
+
+    monkeypatch.setattr(train_module, "train_one_epoch", recording)
+    with pytest.raises(KeyboardInterrupt):
+        train_member(cfg, show_progress=False)
+    saved = torch.load(cfg.run_dir / "checkpoint" / "epoch-1" / "optimizer.pt",
+                       weights_only=True)
+    after_epoch_1 = scaler_at[1, "end"]
+    fresh = torch.amp.GradScaler("cpu").state_dict()
+    assert after_epoch_1 != fresh  # three steps moved the scale or the growth tracker
+    assert saved["scaler"] == after_epoch_1
+    summary = train_member(cfg, resume=True, show_progress=False)
+    assert summary["precision"] == "fp16" and summary["epochs_run"] == 2
+    assert scaler_at[2, "start"] == after_epoch_1
+
+
 def test_resume_refuses_other_data_content_and_accepts_the_same_data_elsewhere(
         tiny_csv, tiny_rows, tmp_path, monkeypatch):
     """Issue 28: the run keeps the SHA-256 of the data it trained on."""

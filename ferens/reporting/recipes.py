@@ -2,8 +2,9 @@
 
 A recipe leaves out bookkeeping (where files were, how many threads, which device) and numbers
 fitted from data (an adjusted run's chosen tau and log prior), so two runs with the same recipe
-differ only by chance. Member configs written before a field existed get its old default, the
-same rule `ferens.config.TrainConfig.load` applies (this module never imports torch).
+differ only by chance. A member config written before a field existed gets the value it ran
+with, from `ferens.config.saved_defaults` (the rule `TrainConfig.load` applies; ferens.config
+imports no torch).
 """
 
 from __future__ import annotations
@@ -11,17 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ferens.config import saved_defaults
+
 KINDS = ("member", "ensemble", "adjusted")
 BOOKKEEPING = frozenset({
     "name", "kind", "out_dir", "data", "ferplus", "threads", "workers", "device", "compile",
     "channels_last", "ferens_version",
 })
-# Fields added to TrainConfig after the first study; older configs ran with these values.
-LATER_MEMBER_DEFAULTS = {
-    "engine": 1, "precision": "auto", "ema_decay": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
-    "mix_prob": 1.0, "alternate_flip": False, "ferplus_soft": 0.0, "teacher": None,
-    "distill_weight": 0.5, "distill_temperature": 2.0, "select_tta": "auto",
-}
 # Ensembles and adjusted runs record their label set since issue 15; older ones used FER2013's.
 LATER_COMBINED_DEFAULTS = {"labels": "fer2013"}
 PATH_FIELDS = ("source", "teacher")
@@ -40,8 +37,8 @@ def recipe(config: dict, summary: dict | None = None) -> dict:
     """
     kind = run_kind(config, summary)
     values = {k: v for k, v in config.items() if k not in BOOKKEEPING}
-    later = LATER_MEMBER_DEFAULTS if kind == "member" else LATER_COMBINED_DEFAULTS
-    values.update({k: v for k, v in later.items() if k not in values})
+    later = saved_defaults() if kind == "member" else LATER_COMBINED_DEFAULTS
+    values.update({k: v for k, v in later.items() if k not in values and k not in BOOKKEEPING})
     if kind == "adjusted":
         values.pop("log_prior", None)
         if values.get("select") != "fixed":
