@@ -46,7 +46,13 @@ def train_member_cmd(
     model: str | None = typer.Option(None, help="timm ResNet name [resnet18]."),
     stem: str | None = typer.Option(None, help="default (4x) | s2 (2x) | s1 (1x)."),
     width: float | None = typer.Option(None, help="Channel width multiplier [1.0]."),
-    pretrained: str | None = typer.Option(None, help="Local weights (.safetensors or .pth)."),
+    pretrained: str | None = typer.Option(
+        None, help="Starting weights: a local .safetensors/.pth file, or timm / timm:TAG for "
+                   "timm's published ones from the local cache (never downloaded)."),
+    backbone_lr_scale: float | None = typer.Option(
+        None, help="Learning rate of everything but the head, relative to --lr [1.0]."),
+    freeze_backbone_epochs: int | None = typer.Option(
+        None, help="Train only the classifier head for the first N epochs [0]."),
     augment: str | None = typer.Option(None, help="none | light | strong."),
     imbalance: str | None = typer.Option(None, help="none | weighted | focal | oversample."),
     label_smoothing: float | None = typer.Option(None, help="Label smoothing [0]."),

@@ -34,6 +34,7 @@ from ferens.classes import CLASS_NAMES, NUM_CLASSES
 from ferens.config import TTA, TrainConfig, config_differences
 from ferens.data import FerDataset, apply_ferplus_labels, load_fer2013
 from ferens.errors import FerensError
+from ferens.finetune import backbone_frozen, parameter_groups, set_backbone_frozen
 from ferens.inference import (
     autocast,
     configure_threads,
@@ -108,10 +109,8 @@ def data_sha256(splits: dict[str, FerDataset]) -> str:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW or SGD; weight decay on weights only; the backbone at ``backbone_lr_scale`` x lr."""
+    groups = parameter_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -180,7 +179,8 @@ class TrainingParts:
 def build_parts(cfg: TrainConfig, train: FerDataset, device: torch.device) -> TrainingParts:
     """Model, loss, optimizer, schedule, scaler, EMA and targets for one run."""
     torch.manual_seed(cfg.seed)
-    model = create_member_model(cfg.model, cfg.stem, cfg.width, cfg.pretrained, cfg.drop_rate)
+    model = create_member_model(cfg.model, cfg.stem, cfg.width, cfg.pretrained, cfg.drop_rate,
+                                num_classes=cfg.num_classes)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -217,7 +217,7 @@ def _step_loss(parts: TrainingParts, cfg: TrainConfig, x: torch.Tensor, idx: tor
     y = parts.labels[idx]
     soft = parts.targets is not None or mixing_enabled(cfg)
     target = (parts.targets[idx] if parts.targets is not None
-              else one_hot_tensor(y) if soft else y)
+              else one_hot_tensor(y, cfg.num_classes) if soft else y)
     extra = [parts.teacher[idx]] if parts.teacher is not None else []
     if mixing_enabled(cfg):
         x, mixed, _ = mix_batch(x, [target, *extra], mix_seed, cfg)
@@ -231,8 +231,8 @@ def _step_loss(parts: TrainingParts, cfg: TrainConfig, x: torch.Tensor, idx: tor
     return loss, logits, y
 
 
-def one_hot_tensor(y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.one_hot(y, NUM_CLASSES).float()
+def one_hot_tensor(y: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    return nn.functional.one_hot(y, num_classes).float()
 
 
 def train_one_epoch(parts: TrainingParts, loader: TrainLoader, cfg: TrainConfig, epoch: int,
@@ -243,6 +243,8 @@ def train_one_epoch(parts: TrainingParts, loader: TrainLoader, cfg: TrainConfig,
     ``PROGRESS_EVERY`` steps, so a GPU is never stalled by a per-step synchronisation."""
     torch.manual_seed(epoch_seed(cfg.seed, epoch))
     parts.model.train()
+    if cfg.freeze_backbone_epochs:
+        set_backbone_frozen(parts.model, backbone_frozen(epoch, cfg.freeze_backbone_epochs))
     total_loss = torch.zeros((), dtype=torch.float64, device=parts.device)
     correct = torch.zeros((), dtype=torch.int64, device=parts.device)
     seen, start = 0, time.perf_counter()

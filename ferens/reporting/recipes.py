@@ -21,10 +21,12 @@ LATER_MEMBER_DEFAULTS = {
     "engine": 1, "precision": "auto", "ema_decay": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
     "mix_prob": 1.0, "alternate_flip": False, "ferplus_soft": 0.0, "teacher": None,
     "distill_weight": 0.5, "distill_temperature": 2.0, "select_tta": "auto",
+    "val_fraction": 0.0, "test_fraction": 0.0, "classes": None, "init": None,
+    "backbone_lr_scale": 1.0, "freeze_backbone_epochs": 0,
 }
 # Ensembles and adjusted runs record their label set since issue 15; older ones used FER2013's.
 LATER_COMBINED_DEFAULTS = {"labels": "fer2013"}
-PATH_FIELDS = ("source", "teacher")
+PATH_FIELDS = ("source", "teacher", "init")
 
 
 def run_kind(config: dict, summary: dict | None = None) -> str:
