@@ -46,6 +46,10 @@ def train_member_cmd(
     model: str | None = typer.Option(None, help="timm ResNet name [resnet18]."),
     stem: str | None = typer.Option(None, help="default (4x) | s2 (2x) | s1 (1x)."),
     width: float | None = typer.Option(None, help="Channel width multiplier [1.0]."),
+    init: str | None = typer.Option(
+        None, help="Start from a ferens model: a run folder, a bundle, BUNDLE/members/<i>, or "
+                   "default (the shipped model); its model, stem, width and input size are "
+                   "used unless given."),
     pretrained: str | None = typer.Option(
         None, help="Starting weights: a local .safetensors/.pth file, or timm / timm:TAG for "
                    "timm's published ones from the local cache (never downloaded)."),
@@ -101,6 +105,10 @@ def train_member_cmd(
     name_from = ("from --name" if name else "from --set name" if "name" in sets
                  else f"from --config {config}" if "name" in values else None)
     values |= flags | sets
+    if values.get("init"):  # the architecture of the model fine-tuned, unless given
+        from ferens.initialise import init_architecture
+
+        values = init_architecture(str(values["init"])) | values
     derived = name_from is None  # never a silent default: say which name the run gets, and why
     if derived:
         values["name"] = config.stem if config else TrainConfig.name

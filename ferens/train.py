@@ -169,6 +169,7 @@ class TrainingParts:
     targets: torch.Tensor | None = None  # (N,7) soft training targets (FER+), else labels
     teacher: torch.Tensor | None = None  # (N,7) softened teacher probabilities
     labels: torch.Tensor | None = None   # (N,) training labels on the device
+    init_note: dict | None = None        # --init: where the weights came from, head kept?
 
     @property
     def eval_model(self) -> nn.Module:
@@ -181,6 +182,11 @@ def build_parts(cfg: TrainConfig, train: FerDataset, device: torch.device) -> Tr
     torch.manual_seed(cfg.seed)
     model = create_member_model(cfg.model, cfg.stem, cfg.width, cfg.pretrained, cfg.drop_rate,
                                 num_classes=cfg.num_classes)
+    init_note = None
+    if cfg.init:
+        from ferens.initialise import apply_init, resolve_init
+
+        init_note = apply_init(model, resolve_init(cfg.init), cfg)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -196,7 +202,8 @@ def build_parts(cfg: TrainConfig, train: FerDataset, device: torch.device) -> Tr
     parts = TrainingParts(model=model, forward=torch.compile(model) if cfg.compile else model,
                           loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                           device=device, precision=precision,
-                          labels=torch.from_numpy(train.labels).to(device))
+                          labels=torch.from_numpy(train.labels).to(device),
+                          init_note=init_note)
     if precision == "fp16":
         parts.scaler = torch.amp.GradScaler(device.type)
     if cfg.ema_decay:
@@ -409,6 +416,8 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool,
         f"{name} {len(part)} rows" for name, part in splits.items())
         + f"; {cfg.epochs} epoch(s) of {cfg.model} on {device.type} -> {run_dir}")
     parts = build_parts(cfg, train, device)
+    if parts.init_note is not None:
+        _say(show_progress, f"--init {cfg.init}: {parts.init_note['note']}")
     state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
     if state.data_sha256 not in (None, digest):
         raise FerensError(f"{cfg.data}: is not the data {run_dir} was trained on (its content "
@@ -475,6 +484,8 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
         summary["labels_note"] = ("FER+ majority labels on every split: val and test are "
                                   "relabelled and filtered, so these numbers are not "
                                   "comparable with FER2013-label runs")
+    if parts.init_note is not None:
+        summary["init"] = parts.init_note
     eval_start = time.perf_counter()
 
     def accuracy_with(split: str, mode: str) -> float:
