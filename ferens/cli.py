@@ -39,8 +39,14 @@ def train_member_cmd(
     config: Path | None = typer.Option(None, help="Config file (.json or .toml); flags override."),
     name: str | None = typer.Option(None, help="Run name: output goes to OUT_DIR/NAME."),
     out_dir: str | None = typer.Option(None, help="Parent folder of runs [runs]."),
-    data: str | None = typer.Option(None, envvar="FERENS_DATA",
-                                    help="fer2013.csv(.gz) or image folder."),
+    data: str | None = typer.Option(
+        None, envvar="FERENS_DATA",
+        help="fer2013.csv(.gz), or an image folder: train/<class>/*, optional val/ and test/ "
+             "(any class names)."),
+    val_fraction: float | None = typer.Option(
+        None, help="Image folder without val/: hold out this stratified share of train/ [0]."),
+    test_fraction: float | None = typer.Option(
+        None, help="Image folder without test/: hold out this stratified share of train/ [0]."),
     labels: str | None = typer.Option(None, help="fer2013 | ferplus"),
     ferplus: str | None = typer.Option(None, help="FER+ fer2013new.csv (with --labels ferplus)."),
     model: str | None = typer.Option(None, help="timm ResNet name [resnet18]."),

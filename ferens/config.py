@@ -203,6 +203,10 @@ class TrainConfig:
                                   f"the full-width {self.model} only; use --width 1 (got "
                                   f"{self.width})")
             pretrained_name(self.model, self.pretrained)  # the tag exists (no file read)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise FerensError(f"config val_fraction={self.val_fraction} and test_fraction="
+                              f"{self.test_fraction} leave no training rows (their sum must be "
+                              "under 1)")
         if self.freeze_backbone_epochs > self.epochs:
             raise FerensError(f"config freeze_backbone_epochs={self.freeze_backbone_epochs} is "
                               f"more than epochs={self.epochs}")

@@ -20,7 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from ferens.config import TTA, TrainConfig, config_differences
 from ferens.data import FerDataset, apply_ferplus_labels, load_fer2013
 from ferens.errors import FerensError
 from ferens.finetune import backbone_frozen, parameter_groups, set_backbone_frozen
+from ferens.imagefolder import holdout
 from ferens.inference import (
     autocast,
     configure_threads,
@@ -87,6 +88,12 @@ def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
     ds = load_fer2013(cfg.data)
     if cfg.labels == "ferplus":
         ds = apply_ferplus_labels(ds, cfg.ferplus)
+    rows = int((ds.usage == "Training").sum())  # both fractions are shares of these rows
+    ds = holdout(holdout(ds, "test", cfg.test_fraction, rows), "val", cfg.val_fraction, rows)
+    if cfg.classes is not None and tuple(cfg.classes) != ds.class_names:
+        raise FerensError(f"{ds.source}: holds the classes {list(ds.class_names)}, but the "
+                          f"config names {list(cfg.classes)}; leave classes out (train-member "
+                          "takes them from the data) or fix the folder")
     splits = {name: ds.split(name) for name in ("train", "val", "test")}
     train = splits["train"]
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
@@ -101,6 +108,8 @@ def data_sha256(splits: dict[str, FerDataset]) -> str:
     after relabelling and subsampling, so other content under the same path (same rows, other
     labels) gives another digest, and the same content elsewhere the same one."""
     digest = hashlib.sha256()
+    if splits["train"].class_names != CLASS_NAMES:  # FER2013's own digests stay as they were
+        digest.update(json.dumps(list(splits["train"].class_names)).encode())
     for name in ("train", "val", "test"):
         part = splits[name]
         for array in (part.images, part.labels.astype(np.int64), part.row_ids.astype(np.int64)):
@@ -298,7 +307,7 @@ def evaluate(parts: TrainingParts, split: FerDataset, cfg: TrainConfig) -> dict:
     TTA: by default the saved predictions', so the chosen epoch is the one they score best."""
     logits = predict_logits(parts.eval_model, split.images, cfg, parts.device,
                             tta=selection_tta(cfg), precision=parts.precision)
-    metrics = split_metrics(Predictions(logits, split.labels, split.row_ids))
+    metrics = split_metrics(Predictions(logits, split.labels, split.row_ids, cfg.class_names))
     with torch.no_grad():
         loss = parts.loss_fn.cpu()(torch.from_numpy(logits), torch.from_numpy(split.labels))
     parts.loss_fn.to(parts.device)
@@ -375,7 +384,9 @@ def _check_run_dir(cfg: TrainConfig, resume: bool, name_from: str = "") -> Path:
             origin = f" (name {cfg.name!r}: {name_from})" if name_from else ""
             raise FerensError(f"{run_dir} already exists{origin}; pass --resume to continue "
                               "it or choose another --name")
-        diffs = config_differences(TrainConfig.load(saved), cfg, ignore=RESUMABLE_FIELDS)
+        # classes: filled in from the data; a resumed run checks the data's digest instead
+        ignore = RESUMABLE_FIELDS + (("classes",) if cfg.classes is None else ())
+        diffs = config_differences(TrainConfig.load(saved), cfg, ignore=ignore)
         if diffs:
             raise FerensError(f"{saved}: cannot resume with a different config: "
                               + "; ".join(diffs))
@@ -412,9 +423,12 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool,
     splits = load_splits(cfg)
     digest = data_sha256(splits)
     train = splits["train"]
+    if cfg.classes is None and train.class_names != CLASS_NAMES:  # the data's own classes
+        cfg = replace(cfg, classes=list(train.class_names))
     _say(show_progress, f"data {splits['train'].source}: " + ", ".join(
         f"{name} {len(part)} rows" for name, part in splits.items())
         + f"; {cfg.epochs} epoch(s) of {cfg.model} on {device.type} -> {run_dir}")
+    _say(show_progress, describe_classes(splits))
     parts = build_parts(cfg, train, device)
     if parts.init_note is not None:
         _say(show_progress, f"--init {cfg.init}: {parts.init_note['note']}")
@@ -465,6 +479,15 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool,
     return finish_run(run_dir, cfg, parts, splits, state, threads)
 
 
+def describe_classes(splits: dict[str, FerDataset]) -> str:
+    """One line: each class's rows in train/val/test."""
+    counts = {name: part.class_counts() for name, part in splits.items()}
+    names = splits["train"].class_names
+    return (f"{len(names)} classes, rows per {'/'.join(splits)}: " + ", ".join(
+        f"{c} " + "/".join(str(int(counts[s][i])) for s in splits)
+        for i, c in enumerate(names)))
+
+
 def tta_modes(cfg: TrainConfig) -> list[str]:
     """The TTA modes whose accuracy is reported for a member (ten-crop needs a crop)."""
     return [m for m in TTA if m != "tencrop" or cfg.crop_size]
@@ -492,14 +515,15 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
         part = splits[split]
         logits = predict_logits(model, part.images, cfg, device, tta=mode,
                                 precision=parts.precision)
-        return split_metrics(Predictions(logits, part.labels, part.row_ids))["accuracy"]
+        return split_metrics(Predictions(logits, part.labels, part.row_ids,
+                                         cfg.class_names))["accuracy"]
 
     saved = ("val", "test", "train") if cfg.engine >= 2 else ("val", "test")
     for split in saved:
         part = splits[split]
         preds = Predictions(predict_logits(model, part.images, cfg, device,
                                            precision=parts.precision),
-                            part.labels, part.row_ids, CLASS_NAMES, part.files)
+                            part.labels, part.row_ids, cfg.class_names, part.files)
         save_predictions(run_dir / "predictions" / f"{split}.npz", preds)
         if split != "train":
             summary[split] = split_metrics(preds)
