@@ -67,7 +67,8 @@ def build_folder(folder: Path, fer2013: Path, ferplus: Path, train_rows: int) ->
     from PIL import Image
     from sklearn.model_selection import train_test_split
 
-    wanted = {"fer2013": str(fer2013), "ferplus": str(ferplus), "train_rows": train_rows}
+    wanted = {"fer2013": str(fer2013.resolve()), "ferplus": str(ferplus.resolve()),
+              "train_rows": train_rows}
     if folder.exists():
         marker = folder / MARKER
         if not marker.is_file():
@@ -171,10 +172,10 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fer2013", type=Path, default=ROOT.parent / "shared/data/fer2013/"
-                        "fer2013.csv.gz")
-    parser.add_argument("--ferplus", type=Path, default=ROOT.parent / "shared/data/ferplus/"
-                        "fer2013new.csv")
+    parser.add_argument("--fer2013", type=Path, default=Path("../shared/data/fer2013/"
+                                                             "fer2013.csv.gz"))
+    parser.add_argument("--ferplus", type=Path, default=Path("../shared/data/ferplus/"
+                                                             "fer2013new.csv"))
     parser.add_argument("--folder", type=Path, required=True,
                         help="Where the labelled folder is built (outside the repository).")
     parser.add_argument("--runs", type=Path, required=True, help="Where members train.")
