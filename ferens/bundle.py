@@ -54,6 +54,7 @@ ONNX_OPSET = 17
 VERIFY_TOLERANCE = 1e-5
 BACKENDS = ("torch", "onnx")
 FACE_SIDE = 48
+MAX_CLASSES = 10_000  # a bound on a manifest's class list (the trial combiner allocates it)
 
 
 
@@ -103,10 +104,10 @@ def _check_node(node, n_members: int, depth: int = 0) -> None:
         _check_node(child, n_members, depth + 1)
 
 
-def check_combiner(node, n_members: int, where: Path) -> None:
+def check_combiner(node, n_members: int, where: Path, n_classes: int = len(CLASS_NAMES)
+                   ) -> None:
     """Refuse a damaged combiner at load time, before any face is predicted: its shape, then a
     trial run on made-up member logits that must give finite (N, classes) outputs."""
-    n_classes = len(CLASS_NAMES)
     trial = [np.linspace(-2.0, 2.0, 2 * n_classes).reshape(2, n_classes) + i
              for i in range(n_members)]
     try:
@@ -362,14 +363,14 @@ class Bundle:
 
     def predict_log_proba(self, faces: np.ndarray, backend: str = "torch",
                           batch_size: int = 256) -> np.ndarray:
-        """Log-probabilities (N,7) combined exactly as the exported member/ensemble did."""
+        """Log-probabilities (N,K) combined exactly as the exported member/ensemble did."""
         outputs = combine_outputs(self.manifest["combiner"],
                                   self.member_logits(faces, backend, batch_size))
         return log_softmax(outputs, axis=1)
 
     def predict_proba(self, faces: np.ndarray, backend: str = "torch",
                       batch_size: int = 256) -> np.ndarray:
-        """Class probabilities (N,7) for uint8 grayscale faces (N,48,48)."""
+        """Class probabilities (N,K), K = len(class_names), for uint8 grayscale faces (N,48,48)."""
         return np.exp(self.predict_log_proba(faces, backend, batch_size))
 
 
@@ -425,10 +426,11 @@ def _read_manifest(path: Path) -> dict:
             if needed not in files:
                 raise FerensError(f"{path / MANIFEST}: member {i} lists no {needed}")
     names = manifest["class_names"]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+            or not 2 <= len(names) <= MAX_CLASSES or len(set(names)) != len(names)):
         raise FerensError(f"{path / MANIFEST}: corrupted manifest (class_names is not a list "
-                          "of names)")
-    check_combiner(manifest["combiner"], len(members), path / MANIFEST)
+                          f"of 2 to {MAX_CLASSES} distinct names)")
+    check_combiner(manifest["combiner"], len(members), path / MANIFEST, len(names))
     return manifest
 
 
@@ -487,13 +489,16 @@ def load_bundle(path: str | Path, device: torch.device | None = None) -> Bundle:
         raise FerensError(f"{path}: is a link; a bundle is opened only through its own folders")
     manifest = _read_manifest(path)
     device = device or select_device()
-    if tuple(manifest["class_names"]) != CLASS_NAMES:
-        raise FerensError(f"{path}: class names {manifest['class_names']} are not FER2013's")
+    names = tuple(manifest["class_names"])
     members = []
     _refuse_links(path, ("members",))
     for i, entry in enumerate(manifest["members"]):
         folder = _check_files(path, i, entry["files"])
         cfg = TrainConfig.load(folder / "config.json")
+        if cfg.class_names != names:
+            raise FerensError(f"{folder / 'config.json'}: member {i} predicts the classes "
+                              f"{list(cfg.class_names)[:10]}, the manifest states "
+                              f"{list(names)[:10]}; refusing the bundle")
         onnx_path = folder / "model.onnx" if "model.onnx" in entry["files"] else None
         members.append(BundleMember(entry.get("name", cfg.name), cfg,
                                     load_member_model(cfg, folder / "model.safetensors", device),

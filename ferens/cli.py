@@ -39,8 +39,14 @@ def train_member_cmd(
     config: Path | None = typer.Option(None, help="Config file (.json or .toml); flags override."),
     name: str | None = typer.Option(None, help="Run name: output goes to OUT_DIR/NAME."),
     out_dir: str | None = typer.Option(None, help="Parent folder of runs [runs]."),
-    data: str | None = typer.Option(None, envvar="FERENS_DATA",
-                                    help="fer2013.csv(.gz) or image folder."),
+    data: str | None = typer.Option(
+        None, envvar="FERENS_DATA",
+        help="fer2013.csv(.gz), or an image folder: train/<class>/*, optional val/ and test/ "
+             "(any class names)."),
+    val_fraction: float | None = typer.Option(
+        None, help="Image folder without val/: hold out this stratified share of train/ [0]."),
+    test_fraction: float | None = typer.Option(
+        None, help="Image folder without test/: hold out this stratified share of train/ [0]."),
     labels: str | None = typer.Option(None, help="fer2013 | ferplus"),
     ferplus: str | None = typer.Option(None, help="FER+ fer2013new.csv (with --labels ferplus)."),
     model: str | None = typer.Option(None, help="timm ResNet name [resnet18]."),
@@ -48,8 +54,19 @@ def train_member_cmd(
     width: float | None = typer.Option(
         None, help="Width multiplier of the 4 stages' channels [1.0]; a plain ResNet's stem "
                    "stays 64 channels (only deep-stem models such as resnet18d scale it)."),
-    pretrained: str | None = typer.Option(None, help="Local weights (.safetensors or .pth)."),
-    augment: str | None = typer.Option(None, help="none | light | strong."),
+    init: str | None = typer.Option(
+        None, help="Start from a ferens model: a run folder, a bundle, BUNDLE/members/<i>, or "
+                   "default (the shipped model); its model, stem, width and input size are "
+                   "used unless given."),
+    pretrained: str | None = typer.Option(
+        None, help="Starting weights: a local .safetensors/.pth file, or timm / timm:TAG for "
+                   "timm's published ones from the local cache (never downloaded)."),
+    backbone_lr_scale: float | None = typer.Option(
+        None, help="Learning rate of everything but the head, relative to --lr [1.0]."),
+    freeze_backbone_epochs: int | None = typer.Option(
+        None, help="Train only the classifier head for the first N epochs [0]."),
+    augment: str | None = typer.Option(
+        None, help="none | light | strong | torch-light | torch-strong."),
     imbalance: str | None = typer.Option(None, help="none | weighted | focal | oversample."),
     label_smoothing: float | None = typer.Option(None, help="Label smoothing [0]."),
     epochs: int | None = typer.Option(None, help="Epochs [20]."),
@@ -97,6 +114,10 @@ def train_member_cmd(
     name_from = ("from --name" if name else "from --set name" if "name" in sets
                  else f"from --config {config}" if "name" in values else None)
     values |= flags | sets
+    if values.get("init"):  # the architecture of the model fine-tuned, unless given
+        from ferens.initialise import init_architecture
+
+        values = init_architecture(str(values["init"])) | values
     derived = name_from is None  # never a silent default: say which name the run gets, and why
     if derived:
         values["name"] = config.stem if config else TrainConfig.name

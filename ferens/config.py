@@ -14,7 +14,9 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ferens.classes import CLASS_NAMES
 from ferens.errors import FerensError
+from ferens.pretrained import is_timm_spec
 
 # Named augmentation recipes: albumentations pipelines (built by ferens.augment) and the same
 # recipes in plain torch on whole batches (ferens.torch_augment).
@@ -67,6 +69,10 @@ RANGES = {
     "ferplus_soft": (0, 1, True, True),
     "distill_weight": (0, 1, True, True),
     "distill_temperature": (0, 100, False, True),
+    "val_fraction": (0, 1, True, False),
+    "test_fraction": (0, 1, True, False),
+    "backbone_lr_scale": (0, 10, False, True),
+    "freeze_backbone_epochs": (0, 100_000, True, True),
 }
 
 
@@ -80,12 +86,21 @@ class TrainConfig:
     labels: str = "fer2013"
     ferplus: str | None = None
     max_train_samples: int = 0
+    # An image folder without val/ (test/): a stratified share of train/ becomes that split.
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+    # The data's class names in label order; None = FER2013's seven. Filled in from the data
+    # by train-member (a value given here must match what the data holds).
+    classes: list | None = None
 
     model: str = "resnet18"
     stem: str = "default"
     width: float = 1.0
-    pretrained: str | None = None
+    pretrained: str | None = None   # a local weights file, or timm / timm:TAG (timm's own)
+    init: str | None = None         # a ferens run, bundle or bundle member (default: shipped)
     drop_rate: float = 0.0
+    backbone_lr_scale: float = 1.0  # lr of everything but the classifier head, relative to lr
+    freeze_backbone_epochs: int = 0  # train only the head for the first N epochs
 
     input_size: int = 48
     crop_size: int = 0
@@ -186,11 +201,50 @@ class TrainConfig:
             raise FerensError("engine=1 reproduces v1 runs only: it has no loader workers, EMA, "
                               "mixing, alternating flip, FER+ soft targets, teacher or "
                               "select_tta")
+        self._check_transfer_fields()
 
     @property
     def batch_augmented(self) -> bool:
         """Augmented in torch on whole batches on the training device (no loader workers)."""
         return self.augment in TORCH_AUGMENTATIONS
+
+    def _check_transfer_fields(self) -> None:
+        """Class names, pretrained weights and fine-tuning options (issue 26)."""
+        if self.classes is not None:
+            names = self.classes
+            if (len(names) < 2 or not all(isinstance(c, str) and c.strip() for c in names)
+                    or len(set(names)) != len(names)):
+                raise FerensError(f"config classes={str(names)[:200]}: expected two or more "
+                                  "distinct non-empty class names")
+        if self.init and self.pretrained:
+            raise FerensError("give --init (a ferens model) or --pretrained (other weights), "
+                              "not both: each sets the starting weights")
+        if is_timm_spec(self.pretrained):
+            if self.width != 1.0:
+                raise FerensError(f"--pretrained {self.pretrained}: timm publishes weights for "
+                                  f"the full-width {self.model} only; use --width 1 (got "
+                                  f"{self.width})")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise FerensError(f"config val_fraction={self.val_fraction} and test_fraction="
+                              f"{self.test_fraction} leave no training rows (their sum must be "
+                              "under 1)")
+        if self.freeze_backbone_epochs > self.epochs:
+            raise FerensError(f"config freeze_backbone_epochs={self.freeze_backbone_epochs} is "
+                              f"more than epochs={self.epochs}")
+        if self.engine == 1 and (self.init or self.classes or self.val_fraction
+                                 or self.test_fraction or self.backbone_lr_scale != 1.0
+                                 or self.freeze_backbone_epochs):
+            raise FerensError("engine=1 reproduces v1 runs only: it has no --init, class "
+                              "names, split fractions, backbone lr scale or freezing")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class names in label order (FER2013's seven unless ``classes`` says others)."""
+        return tuple(self.classes) if self.classes is not None else CLASS_NAMES
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     @property
     def uses_new_recipe_features(self) -> bool:
@@ -207,7 +261,8 @@ class TrainConfig:
                   or ("float" in kinds and isinstance(value, int | float)
                       and not isinstance(value, bool) and math.isfinite(value))
                   or ("str" in kinds and isinstance(value, str))
-                  or ("dict" in kinds and isinstance(value, dict)))
+                  or ("dict" in kinds and isinstance(value, dict))
+                  or ("list" in kinds and isinstance(value, list)))
             if not ok:
                 raise FerensError(f"config {f.name}={value!r}: expected {f.type}")
             if isinstance(value, str) and "\x00" in value:

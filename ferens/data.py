@@ -1,4 +1,5 @@
-"""FER2013 loading: the original CSV (plain or gzipped) or an image-folder tree, cached as .npz.
+"""FER2013 loading: the original CSV (plain or gzipped), cached as .npz, or an image-folder tree
+(``ferens.imagefolder``: the Kaggle FER2013 layout, or any labelled face folder).
 
     >>> from ferens.data import load_fer2013
     >>> ds = load_fer2013("../shared/data/fer2013/fer2013.csv.gz")   # doctest: +SKIP
@@ -13,71 +14,38 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import io
 import os
 import re
-import stat
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ferens.classes import CLASS_NAMES, NUM_CLASSES
+from ferens.classes import NUM_CLASSES
+from ferens.dataset import (  # noqa: F401 (FerDataset, open_regular: re-exported)
+    SPLIT_TO_USAGE,
+    USAGE_TO_SPLIT,
+    FerDataset,
+    file_sha256,
+    open_regular,
+)
 from ferens.errors import FerensError
 
 IMAGE_SIDE = 48
 PIXELS = IMAGE_SIDE * IMAGE_SIDE
-USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
-SPLIT_TO_USAGE = {v: k for k, v in USAGE_TO_SPLIT.items()}
 DEFAULT_DATA = Path("../shared/data/fer2013/fer2013.csv.gz")
 FERPLUS_VOTES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
                  "contempt", "unknown", "NF")
 FERPLUS_TO_FER = {"anger": 0, "disgust": 1, "fear": 2, "happiness": 3, "sadness": 4,
                   "surprise": 5, "neutral": 6}
-FOLDER_CLASS_NAMES = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 ROWS_PER_BLOCK = 2048
 # The most a FER2013 CSV (or its inflated .gz) may hold: a row is at most ~9.2 KB (2,304
 # pixels of up to 3 digits), so 1 GiB is over 110,000 rows, three times FER2013's 35,887.
 MAX_CSV_BYTES = 2**30
 UTF8_BOM = b"\xef\xbb\xbf"
-
-
-@dataclass
-class FerDataset:
-    """Images (N,48,48) uint8 with labels, official Usage and original row ids."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    usage: np.ndarray
-    row_ids: np.ndarray
-    source: Path
-    files: np.ndarray | None = None  # an image folder's files (relative paths), row by row
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, mask: np.ndarray) -> FerDataset:
-        return FerDataset(self.images[mask], self.labels[mask], self.usage[mask],
-                          self.row_ids[mask], self.source,
-                          None if self.files is None else self.files[mask])
-
-    def split(self, name: str) -> FerDataset:
-        """One of ``train``, ``val``, ``test``; an empty split is an error."""
-        if name not in SPLIT_TO_USAGE:
-            raise FerensError(f"unknown split {name!r}; expected train, val or test")
-        part = self.subset(self.usage == SPLIT_TO_USAGE[name])
-        if len(part) == 0:
-            raise FerensError(f"{self.source}: split {name} ({SPLIT_TO_USAGE[name]}) is empty"
-                              + (folder_split_hint(name) if Path(self.source).is_dir() else ""))
-        return part
-
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=NUM_CLASSES)
 
 
 def resolve_data_path(path: str | Path | None) -> Path:
@@ -96,7 +64,9 @@ def load_fer2013(path: str | Path | None = None, cache: bool = True) -> FerDatas
     """Load fer2013.csv(.gz) or an image folder, using an .npz cache keyed by content hash."""
     path = resolve_data_path(path)
     if path.is_dir():
-        return _load_image_folder(path)
+        from ferens.imagefolder import load_image_folder
+
+        return load_image_folder(path)
     _check_csv_size(path)
     folder = _cache_dir() if cache else None
     cache_file = folder / f"fer2013-{file_sha256(path)[:16]}.npz" if folder else None
@@ -165,26 +135,6 @@ def _write_cache(cache_file: Path, ds: FerDataset) -> None:
         _cache_warning(f"cannot write the data cache {cache_file.parent} "
                        f"({exc.strerror or exc}); going on without it (set FERENS_CACHE to "
                        "a writable folder to cache the parsed data)")
-
-
-def open_regular(path: Path):
-    """``path`` opened for reading in binary, refused with one line unless it is a regular
-    file (opened without blocking, so a FIFO swapped in after a check cannot hang ferens)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise FerensError(f"{path}: cannot read ({exc.strerror})") from None
-    fh = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        fh.close()
-        raise FerensError(f"{path}: not a regular file (a FIFO, socket or device?)")
-    return fh
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a regular file (cache keys, bundle checksums)."""
-    with open_regular(path) as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _check_csv_size(path: Path) -> None:
@@ -350,79 +300,6 @@ def _parse_csv_validating(path: Path, raw: bytes) -> FerDataset:
     images = values.astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
     return FerDataset(images, labels.to_numpy(np.int64), usage.to_numpy().astype(str),
                       np.arange(len(frame), dtype=np.int64), path)
-
-
-FOLDER_SPLITS = {"train": "Training", "val": "PublicTest", "validation": "PublicTest",
-                 "test": "PrivateTest"}
-
-
-def folder_split_hint(split: str) -> str:
-    """How an image folder gives each split its images (the end of an empty-split error)."""
-    usage = SPLIT_TO_USAGE[split]
-    folders = "/".join(k for k, v in FOLDER_SPLITS.items() if v == usage)
-    return (f". An image folder names each image's split by its top folder, "
-            f"train/<class>/, val/<class>/ and test/<class>/ (so {folders}/<class>/*.png for "
-            f"{split}), or by the Kaggle file prefix Training_, PublicTest_, PrivateTest_ "
-            f"({usage}_*.png), which wins over the folder. A train/ + test/ tree whose files "
-            f"lack these prefixes has no val: add a val/ folder (e.g. move a stratified tenth "
-            f"of train/ there), or use fer2013.csv, whose Usage column holds all three splits")
-
-
-def _split_of_file(name: str, top: str) -> str | None:
-    for usage in USAGE_TO_SPLIT:
-        if name.startswith(usage + "_"):
-            return usage
-    return FOLDER_SPLITS.get(top)
-
-
-def _load_image_folder(root: Path) -> FerDataset:
-    """``<split>/<class>/*.jpg|png``; Kaggle prefixes Training_/PublicTest_/PrivateTest_ win."""
-    files = sorted(p for p in root.glob("*/*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FerensError(f"{root}: no images found under <split>/<class>/*.jpg|png")
-    images, labels, usage = [], [], []
-    for path in files:
-        top, cls = path.parent.parent.name.lower(), path.parent.name.lower()
-        if cls not in FOLDER_CLASS_NAMES:
-            raise FerensError(f"{path}: unknown class folder {path.parent.name!r}; "
-                              f"expected one of {sorted(FOLDER_CLASS_NAMES)}")
-        split = _split_of_file(path.name, top)
-        if split is None:
-            raise FerensError(f"{path}: cannot tell the split (folder {top!r}, no Kaggle "
-                              f"prefix); name the top folders {sorted(FOLDER_SPLITS)} or prefix "
-                              f"the files {[u + '_' for u in USAGE_TO_SPLIT]}")
-        images.append(_read_face_file(path))
-        labels.append(FOLDER_CLASS_NAMES[cls])
-        usage.append(split)
-    return FerDataset(np.stack(images), np.array(labels, dtype=np.int64),
-                      np.array(usage).astype(str), np.arange(len(files), dtype=np.int64), root,
-                      np.array([p.relative_to(root).as_posix() for p in files]).astype(str))
-
-
-def _read_face_file(path: Path) -> np.ndarray:
-    """One 48x48 face of an image folder as uint8 gray. The size is read from the header and
-    checked before any pixel is decoded, so an oversized image (a decompression bomb) is one
-    line naming it, never a traceback or gigabytes of memory."""
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with open_regular(path) as fh, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fh) as im:
-                if im.size != (IMAGE_SIDE, IMAGE_SIDE):
-                    raise FerensError(f"{path}: image is {im.size[0]}x{im.size[1]}, expected "
-                                      "48x48")
-                return np.asarray(im.convert("L"))
-    except Image.DecompressionBombError:
-        raise FerensError(f"{path}: image declares more pixels than PIL will decode (a "
-                          "decompression bomb?); expected 48x48") from None
-    except FerensError:
-        raise
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... on damage
-        raise FerensError(f"{path}: unreadable image ({type(exc).__name__}: "
-                          f"{str(exc)[:200]})") from None
 
 
 def read_ferplus_votes(path: str | Path) -> pd.DataFrame:

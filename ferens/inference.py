@@ -105,7 +105,8 @@ def load_member_model(cfg: TrainConfig, weights: str | Path,
     from safetensors.torch import load_file
 
     check_weight_shapes(cfg, weights)
-    model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate)
+    model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate,
+                                num_classes=cfg.num_classes)
     try:
         model.load_state_dict(load_file(str(weights)))
     except Exception as exc:
@@ -125,7 +126,8 @@ def check_weight_shapes(cfg: TrainConfig, weights: str | Path) -> None:
     except Exception as exc:  # safetensors' own error types: a damaged or foreign file
         raise FerensError(f"{weights}: cannot load weights ({exc})") from None
     with torch.device("meta"):
-        model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate)
+        model = create_member_model(cfg.model, cfg.stem, cfg.width, None, cfg.drop_rate,
+                                    num_classes=cfg.num_classes)
     wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if stored != wanted:
         differ = sorted(set(stored) ^ set(wanted)) or sorted(

@@ -1,4 +1,5 @@
-"""timm ResNets adapted to 48x48 grayscale faces: 1 input channel, 7 classes, a choice of stem.
+"""timm ResNets adapted to 48x48 grayscale faces: 1 input channel, K classes (FER2013: 7), a
+choice of stem.
 
     >>> from ferens.models import create_member_model
     >>> model = create_member_model("resnet18", stem="s2", width=0.5)
@@ -41,7 +42,8 @@ def check_model_name(name: str) -> None:
 def create_member_model(name: str = "resnet18", stem: str = "default", width: float = 1.0,
                         pretrained: str | Path | None = None, drop_rate: float = 0.0,
                         num_classes: int = NUM_CLASSES) -> nn.Module:
-    """Build a timm ResNet by name for 1-channel input; optionally load local weights."""
+    """Build a timm ResNet by name for 1-channel input; optionally with pretrained weights:
+    a local file, or ``timm`` / ``timm:TAG`` for timm's published ones (ferens.pretrained)."""
     check_model_name(name)
     if stem not in STEMS:
         raise FerensError(f"unknown stem {stem!r}; choose one of {list(STEMS)}")
@@ -55,12 +57,21 @@ def create_member_model(name: str = "resnet18", stem: str = "default", width: fl
         kwargs["stem_width"] = max(8, round(64 * width))
         if "d" in name.removeprefix("resnet").lstrip("0123456789"):
             kwargs["stem_width"] = max(8, round(32 * width))
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=1,
-                                  drop_rate=drop_rate, **kwargs)
-    except (TypeError, ValueError) as exc:  # an architecture that refuses these arguments
-        raise FerensError(f"model {name!r} cannot be built with width={width} "
-                          f"({type(exc).__name__}: {exc})") from None
+    from ferens.pretrained import create_timm_pretrained, is_timm_spec
+
+    if is_timm_spec(pretrained):
+        if kwargs:
+            raise FerensError(f"--pretrained {pretrained}: timm publishes weights for the "
+                              f"full-width {name} only; use --width 1 (got {width})")
+        model = create_timm_pretrained(name, pretrained, num_classes, drop_rate)
+        pretrained = None
+    else:
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                      in_chans=1, drop_rate=drop_rate, **kwargs)
+        except (TypeError, ValueError) as exc:  # an architecture refusing these arguments
+            raise FerensError(f"model {name!r} cannot be built with width={width} "
+                              f"({type(exc).__name__}: {exc})") from None
     if pretrained:
         load_pretrained(model, pretrained)
     _apply_stem(model, stem)

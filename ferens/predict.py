@@ -478,7 +478,8 @@ def write_predictions(frame: pd.DataFrame, out: str | Path, bundle: Bundle | Non
             name, n = f"{stem}-{n}", n + 1
         names.add(name)
         plot_timeline(frame[frame["file"] == video], out / "timelines" / f"{name}.png", video,
-                      frame.attrs["videos"][video].get("duration_s"))
+                      frame.attrs["videos"][video].get("duration_s"),
+                      bundle.class_names if bundle else None)
         files.append(f"timelines/{name}.png")
     payload = {"bundle": str(bundle.path) if bundle else None,
                "summary": frame.attrs.get("summary", {}),
@@ -491,7 +492,8 @@ def write_predictions(frame: pd.DataFrame, out: str | Path, bundle: Bundle | Non
 
 
 def plot_timeline(rows: pd.DataFrame, path: Path, title: str,
-                  duration_s: float | None = None) -> Path:
+                  duration_s: float | None = None,
+                  class_names: tuple[str, ...] | None = None) -> Path:
     """Probability of each class over time (mean over the faces of each sampled frame), over
     the whole video when its ``duration_s`` is given (frames without a face leave gaps)."""
     import matplotlib
@@ -501,19 +503,21 @@ def plot_timeline(rows: pd.DataFrame, path: Path, title: str,
 
     from ferens.classes import CLASS_NAMES
 
-    per_frame = rows.groupby("time_s")[list(CLASS_NAMES)].mean()
+    class_names = tuple(class_names or CLASS_NAMES)
+    per_frame = rows.groupby("time_s")[list(class_names)].mean()
     gaps = np.diff(per_frame.index.to_numpy(float))
     if len(gaps):  # no line across a stretch of frames without a face
         breaks = per_frame.index[1:][gaps > 1.5 * np.median(gaps)] - 1e-6
         per_frame = pd.concat([per_frame, pd.DataFrame(np.nan, index=breaks,
                                                        columns=per_frame.columns)]).sort_index()
     fig, ax = plt.subplots(figsize=(9, 3.2))
-    for name in CLASS_NAMES:
+    for name in class_names:
         ax.plot(per_frame.index, per_frame[name], label=name, linewidth=1.4)
     ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title=Path(title).name)
     if duration_s:
         ax.set_xlim(0, duration_s)
-    ax.legend(ncol=7, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+    ax.legend(ncol=min(len(class_names), 8), fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.22))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

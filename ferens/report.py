@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ferens.classes import CLASS_NAMES
 from ferens.errors import FerensError
 from ferens.outputs import check_replaceable, output_folder
 from ferens.predictions import Predictions, Run, load_run, run_names, write_json
@@ -88,11 +89,21 @@ def compute_metrics(runs: list[Run], split: str = "test",
         if p.class_names != class_names:
             raise FerensError(f"{run.path}: classes {p.class_names} differ from {class_names}")
     skipped, notes = [], []
-    if dataset is not None:
+    if dataset is not None and tuple(dataset.class_names) != tuple(class_names):
+        skipped.append(f"thumbnails and the exact-duplicate analysis: the data at "
+                       f"{dataset.source} has the classes {list(dataset.class_names)}, the "
+                       f"runs predict {list(class_names)} (give --data the runs' own data)")
+        dataset = None
+    elif dataset is not None:
         dataset = _check_alignment(dataset, preds, names, notes, skipped)
     else:
         skipped.append(SKIP_NO_DATA)
-    if ferplus is None:
+    if ferplus is not None and tuple(class_names) != CLASS_NAMES:
+        skipped.append(f"the FER+ noise taxonomy and FER+ re-scoring: the runs predict "
+                       f"{list(class_names)}, not FER2013's seven classes, and FER+ votes are "
+                       "votes on FER2013's images, joined by fer2013.csv row")
+        ferplus = None
+    elif ferplus is None:
         skipped.append(SKIP_NO_FERPLUS)
     else:
         for run, p in zip(runs, preds, strict=True):
@@ -201,7 +212,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path, ferplus: Path | No
         dataset = load_fer2013(data)
     metrics = compute_metrics(runs, split, reference, dataset, seed, n_boot, sort, group, top,
                               show)
-    if ferplus is not None:
+    if metrics["ferplus"] is not None:
         metrics["ferplus"]["source"] = str(ferplus)
     with output_folder(out, "report") as tmp:
         images = thumbnail_lookup(dataset) if metrics["has_thumbnails"] else None

@@ -2,7 +2,7 @@
 
     >>> import ferens
     >>> model = ferens.load_model()            # the shipped bundle, checksums verified
-    >>> probs = model.predict_proba(faces)     # aligned uint8 faces (N,48,48) -> (N,7)
+    >>> probs = model.predict_proba(faces)     # aligned uint8 faces (N,48,48) -> (N,K)
     >>> rows = model.predict_image(photo)      # any BGR or gray image: faces are found first
     >>> model.provenance["test_accuracy"]      # what it scored, and the command that made it
 
@@ -47,7 +47,7 @@ class ExpressionModel:
 
     def predict_proba(self, faces: np.ndarray, backend: str = "torch",
                       batch_size: int = 256) -> np.ndarray:
-        """Class probabilities (N,7) for aligned uint8 grayscale faces (N,48,48)."""
+        """Class probabilities (N,K) for aligned uint8 grayscale faces (N,48,48)."""
         return self.bundle.predict_proba(faces, backend, batch_size)
 
     def predict_image(self, image: np.ndarray, detector: str = "auto",

@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,8 @@ from ferens.classes import CLASS_NAMES, NUM_CLASSES
 from ferens.config import TTA, TrainConfig, config_differences
 from ferens.data import FerDataset, apply_ferplus_labels, load_fer2013
 from ferens.errors import FerensError
+from ferens.finetune import backbone_frozen, parameter_groups, set_backbone_frozen
+from ferens.imagefolder import holdout
 from ferens.inference import (
     autocast,
     configure_threads,
@@ -62,6 +64,7 @@ from ferens.predictions import (
     split_metrics,
     write_json,
 )
+from ferens.pretrained import is_timm_spec, pretrained_name
 from ferens.provenance import code_commit, library_versions
 from ferens.targets import ferplus_soft_targets, teacher_probabilities
 
@@ -101,6 +104,12 @@ def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
     ds = load_fer2013(cfg.data)
     if cfg.labels == "ferplus":
         ds = apply_ferplus_labels(ds, cfg.ferplus)
+    rows = int((ds.usage == "Training").sum())  # both fractions are shares of these rows
+    ds = holdout(holdout(ds, "test", cfg.test_fraction, rows), "val", cfg.val_fraction, rows)
+    if cfg.classes is not None and tuple(cfg.classes) != ds.class_names:
+        raise FerensError(f"{ds.source}: holds the classes {list(ds.class_names)}, but the "
+                          f"config names {list(cfg.classes)}; leave classes out (train-member "
+                          "takes them from the data) or fix the folder")
     splits = {name: ds.split(name) for name in ("train", "val", "test")}
     train = splits["train"]
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
@@ -115,6 +124,8 @@ def data_sha256(splits: dict[str, FerDataset]) -> str:
     after relabelling and subsampling, so other content under the same path (same rows, other
     labels) gives another digest, and the same content elsewhere the same one."""
     digest = hashlib.sha256()
+    if splits["train"].class_names != CLASS_NAMES:  # FER2013's own digests stay as they were
+        digest.update(json.dumps(list(splits["train"].class_names)).encode())
     for name in ("train", "val", "test"):
         part = splits[name]
         for array in (part.images, part.labels.astype(np.int64), part.row_ids.astype(np.int64)):
@@ -123,10 +134,8 @@ def data_sha256(splits: dict[str, FerDataset]) -> str:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW or SGD; weight decay on weights only; the backbone at ``backbone_lr_scale`` x lr."""
+    groups = parameter_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -185,6 +194,7 @@ class TrainingParts:
     targets: torch.Tensor | None = None  # (N,7) soft training targets (FER+), else labels
     teacher: torch.Tensor | None = None  # (N,7) softened teacher probabilities
     labels: torch.Tensor | None = None   # (N,) training labels on the device
+    init_note: dict | None = None        # --init: where the weights came from, head kept?
 
     @property
     def eval_model(self) -> nn.Module:
@@ -195,7 +205,13 @@ class TrainingParts:
 def build_parts(cfg: TrainConfig, train: FerDataset, device: torch.device) -> TrainingParts:
     """Model, loss, optimizer, schedule, scaler, EMA and targets for one run."""
     torch.manual_seed(cfg.seed)
-    model = create_member_model(cfg.model, cfg.stem, cfg.width, cfg.pretrained, cfg.drop_rate)
+    model = create_member_model(cfg.model, cfg.stem, cfg.width, cfg.pretrained, cfg.drop_rate,
+                                num_classes=cfg.num_classes)
+    init_note = None
+    if cfg.init:
+        from ferens.initialise import apply_init, resolve_init
+
+        init_note = apply_init(model, resolve_init(cfg.init), cfg)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -211,7 +227,8 @@ def build_parts(cfg: TrainConfig, train: FerDataset, device: torch.device) -> Tr
     parts = TrainingParts(model=model, forward=torch.compile(model) if cfg.compile else model,
                           loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
                           device=device, precision=precision,
-                          labels=torch.from_numpy(train.labels).to(device))
+                          labels=torch.from_numpy(train.labels).to(device),
+                          init_note=init_note)
     if precision == "fp16":
         parts.scaler = torch.amp.GradScaler(device.type)
     if cfg.ema_decay:
@@ -234,7 +251,7 @@ def _step_loss(parts: TrainingParts, cfg: TrainConfig, x: torch.Tensor, idx: tor
     y = parts.labels[idx]
     soft = parts.targets is not None or mixing_enabled(cfg)
     target = (parts.targets[idx] if parts.targets is not None
-              else one_hot_tensor(y) if soft else y)
+              else one_hot_tensor(y, cfg.num_classes) if soft else y)
     extra = [parts.teacher[idx]] if parts.teacher is not None else []
     if mixing_enabled(cfg):
         x, mixed, _ = mix_batch(x, [target, *extra], mix_seed, cfg)
@@ -248,8 +265,8 @@ def _step_loss(parts: TrainingParts, cfg: TrainConfig, x: torch.Tensor, idx: tor
     return loss, logits, y
 
 
-def one_hot_tensor(y: torch.Tensor) -> torch.Tensor:
-    return nn.functional.one_hot(y, NUM_CLASSES).float()
+def one_hot_tensor(y: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    return nn.functional.one_hot(y, num_classes).float()
 
 
 def train_step(parts: TrainingParts, cfg: TrainConfig, epoch: int, images: torch.Tensor,
@@ -286,6 +303,8 @@ def train_one_epoch(parts: TrainingParts, loader: TrainLoader | DeviceLoader, cf
     ``PROGRESS_EVERY`` steps, so a GPU is never stalled by a per-step synchronisation."""
     torch.manual_seed(epoch_seed(cfg.seed, epoch))
     parts.model.train()
+    if cfg.freeze_backbone_epochs:
+        set_backbone_frozen(parts.model, backbone_frozen(epoch, cfg.freeze_backbone_epochs))
     total_loss = torch.zeros((), dtype=torch.float64, device=parts.device)
     correct = torch.zeros((), dtype=torch.int64, device=parts.device)
     seen, start = 0, time.perf_counter()
@@ -318,7 +337,7 @@ def evaluate(parts: TrainingParts, split: FerDataset, cfg: TrainConfig) -> dict:
     TTA: by default the saved predictions', so the chosen epoch is the one they score best."""
     logits = predict_logits(parts.eval_model, split.images, cfg, parts.device,
                             tta=selection_tta(cfg), precision=parts.precision)
-    metrics = split_metrics(Predictions(logits, split.labels, split.row_ids))
+    metrics = split_metrics(Predictions(logits, split.labels, split.row_ids, cfg.class_names))
     with torch.no_grad():
         loss = parts.loss_fn.cpu()(torch.from_numpy(logits), torch.from_numpy(split.labels))
     parts.loss_fn.to(parts.device)
@@ -397,7 +416,9 @@ def _check_run_dir(cfg: TrainConfig, resume: bool, name_from: str = "") -> Path:
             origin = f" (name {cfg.name!r}: {name_from})" if name_from else ""
             raise FerensError(f"{run_dir} already exists{origin}; pass --resume to continue "
                               "it or choose another --name")
-        diffs = config_differences(TrainConfig.load(saved), cfg, ignore=RESUMABLE_FIELDS)
+        # classes: filled in from the data; a resumed run checks the data's digest instead
+        ignore = RESUMABLE_FIELDS + (("classes",) if cfg.classes is None else ())
+        diffs = config_differences(TrainConfig.load(saved), cfg, ignore=ignore)
         if diffs:
             raise FerensError(f"{saved}: cannot resume with a different config: "
                               + "; ".join(diffs))
@@ -411,6 +432,8 @@ def check_trainable(cfg: TrainConfig) -> None:
     runs them before anything is written, and ``ferens study`` for every member it will train
     before starting any."""
     check_model_name(cfg.model)
+    if is_timm_spec(cfg.pretrained):
+        pretrained_name(cfg.model, cfg.pretrained)  # timm knows the tag (no file read)
     if cfg.augment_override:
         check_train_pipeline(cfg.augment, cfg.input_size, cfg.crop_size, cfg.augment_override,
                              flip=not cfg.alternate_flip)
@@ -498,10 +521,15 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool, name_from
     splits = load_splits(cfg)
     digest = data_sha256(splits)
     train = splits["train"]
+    if cfg.classes is None and train.class_names != CLASS_NAMES:  # the data's own classes
+        cfg = replace(cfg, classes=list(train.class_names))
     _say(show_progress, f"data {splits['train'].source}: " + ", ".join(
         f"{name} {len(part)} rows" for name, part in splits.items())
         + f"; {cfg.epochs} epoch(s) of {cfg.model} on {device.type} -> {run_dir}")
+    _say(show_progress, describe_classes(splits))
     parts = build_parts(cfg, train, device)
+    if parts.init_note is not None:
+        _say(show_progress, f"--init {cfg.init}: {parts.init_note['note']}")
     state = (load_checkpoint(run_dir, parts) if resume else None) or TrainingState(rows=[])
     if state.data_sha256 not in (None, digest):
         raise FerensError(f"{cfg.data}: is not the data {run_dir} was trained on (its content "
@@ -575,6 +603,15 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool, name_from
     return finish_run(run_dir, cfg, parts, splits, state, threads)
 
 
+def describe_classes(splits: dict[str, FerDataset]) -> str:
+    """One line: each class's rows in train/val/test."""
+    counts = {name: part.class_counts() for name, part in splits.items()}
+    names = splits["train"].class_names
+    return (f"{len(names)} classes, rows per {'/'.join(splits)}: " + ", ".join(
+        f"{c} " + "/".join(str(int(counts[s][i])) for s in splits)
+        for i, c in enumerate(names)))
+
+
 def tta_modes(cfg: TrainConfig) -> list[str]:
     """The TTA modes whose accuracy is reported for a member (ten-crop needs a crop)."""
     return [m for m in TTA if m != "tencrop" or cfg.crop_size]
@@ -596,20 +633,23 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
         summary["labels_note"] = ("FER+ majority labels on every split: val and test are "
                                   "relabelled and filtered, so these numbers are not "
                                   "comparable with FER2013-label runs")
+    if parts.init_note is not None:
+        summary["init"] = parts.init_note
     eval_start = time.perf_counter()
 
     def accuracy_with(split: str, mode: str) -> float:
         part = splits[split]
         logits = predict_logits(model, part.images, cfg, device, tta=mode,
                                 precision=parts.precision)
-        return split_metrics(Predictions(logits, part.labels, part.row_ids))["accuracy"]
+        return split_metrics(Predictions(logits, part.labels, part.row_ids,
+                                         cfg.class_names))["accuracy"]
 
     saved = ("val", "test", "train") if cfg.engine >= 2 else ("val", "test")
     for split in saved:
         part = splits[split]
         preds = Predictions(predict_logits(model, part.images, cfg, device,
                                            precision=parts.precision),
-                            part.labels, part.row_ids, CLASS_NAMES, part.files)
+                            part.labels, part.row_ids, cfg.class_names, part.files)
         save_predictions(run_dir / "predictions" / f"{split}.npz", preds)
         if split != "train":
             summary[split] = split_metrics(preds)

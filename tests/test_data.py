@@ -106,10 +106,13 @@ def test_image_folder_recovers_kaggle_splits_from_file_prefixes(tmp_path):
     assert ds.split("val").class_counts().tolist() == [1] * 7
 
 
-def test_image_folder_rejects_wrong_size_and_unreadable_images(tmp_path):
-    _write_folder(tmp_path / "a", {"Training_1.png": 0}, size=64)
-    with pytest.raises(FerensError, match=r"Training_1.png: image is 64x64, expected 48x48"):
+def test_image_folder_rejects_mixed_sizes_and_unreadable_images(tmp_path):
+    _write_folder(tmp_path / "a", {"Training_1.png": 0, "Training_2.png": 1})
+    _write_folder(tmp_path / "a", {"Training_3.png": 1}, size=64)
+    with pytest.raises(FerensError, match=r"Training_3.png: image is 64x64 but .*Training_1.png "
+                                          r"is 48x48; every face in the folder must have one"):
         load_fer2013(tmp_path / "a")
+    _write_folder(tmp_path / "b", {"Training_1.png": 0})
     bad = tmp_path / "b" / "train" / "happy" / "Training_2.jpg"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a jpeg")
@@ -181,8 +184,9 @@ def _happy_votes(path: Path, usage: list[str]) -> Path:
 
 
 def test_ferplus_labels_refuse_an_image_folder_whose_row_ids_are_file_positions(tmp_path):
-    _write_folder(tmp_path / "data", {"PublicTest_9.png": 3, "Training_1.png": 0,
-                                      "Training_2.png": 1, "PrivateTest_3.png": 2})
+    _write_folder(tmp_path / "data", {f"{u}_{i}.png": i % 7 for u in ("PublicTest", "Training",
+                                                                        "PrivateTest")
+                                      for i in range(7)})
     ds = load_fer2013(tmp_path / "data")
     # even where FER+'s Usage happens to match the file order, file i is not CSV row i
     votes = _happy_votes(tmp_path / "fer2013new.csv", ds.usage.tolist())

@@ -24,7 +24,7 @@ TORCH_FREE = (
     "ferens", "ferens.classes", "ferens.errors", "ferens.config", "ferens.predictions",
     "ferens.outputs", "ferens.bundle_format", "ferens.ensemble", "ferens.adjust",
     "ferens.report", "ferens.study", "ferens.study_ray", "ferens.children", "ferens.provenance",
-    "ferens.lanes", "ferens.data",
+    "ferens.lanes", "ferens.data", "ferens.dataset", "ferens.imagefolder",
     *sorted(f"ferens.reporting.{p.stem}" for p in (PACKAGE / "reporting").glob("*.py")
             if p.stem != "__init__"),
 )

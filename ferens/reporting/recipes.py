@@ -21,7 +21,7 @@ BOOKKEEPING = frozenset({
 })
 # Ensembles and adjusted runs record their label set since issue 15; older ones used FER2013's.
 LATER_COMBINED_DEFAULTS = {"labels": "fer2013"}
-PATH_FIELDS = ("source", "teacher")
+PATH_FIELDS = ("source", "teacher", "init")
 
 
 def run_kind(config: dict, summary: dict | None = None) -> str:
