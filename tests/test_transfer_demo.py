@@ -80,6 +80,10 @@ def test_the_demo_builds_the_folder_trains_every_start_and_reports_their_numbers
     shipped = json.loads((tmp_path / "runs" / "shipped-s0" / "summary.json").read_text())
     assert shipped["init"]["head"] == "replaced"
     assert "timm ImageNet row: not run: no local copy" in table
+    baseline = results["shipped_without_training"]
+    assert baseline["per_class_recall"]["Contempt"] == 0.0  # the shipped model has no such class
+    assert f"| shipped model, no training | (its 7 classes, ten-crop) | - | " \
+           f"{baseline['accuracy']:.4f} |" in table
     assert demo.main(args) == 0  # the folder (its marker matches) and the runs are reused
     (tmp_path / "other").mkdir()
     assert demo.main([*args[:4], "--folder", str(tmp_path / "other"), *args[6:]]) == 2
