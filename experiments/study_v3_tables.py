@@ -31,9 +31,8 @@ def architecture(run: Run) -> str:
             f"{c['input_size']} px / {c['crop_size']} crop")
 
 
-def load_members(study_file: Path = STUDY_FILE) -> tuple[list[Run], list[Run]]:
-    """(v2 long members, finished v3 members), in the study file's order."""
-    spec = tomllib.loads(study_file.read_text())
+def load_members(spec: dict) -> tuple[list[Run], list[Run]]:
+    """(v2 long members, finished v3 members) of a parsed study file, in its order."""
     v2 = [load_run(ROOT / p) for p in spec["study"]["extra_runs"]]
     folder = ROOT / spec["study"]["results_dir"] / "members"
     v3 = [load_run(folder / m["name"]) for m in spec["members"]
@@ -59,14 +58,14 @@ def members_table(runs: list[Run]) -> list[str]:
     return lines
 
 
-def pair_rows(runs: list[Run]) -> list[dict]:
+def pair_rows(runs: list[Run], member_acc: dict[str, dict[str, float]]) -> list[dict]:
     """Every pair: disagreement, the mean ensemble's accuracy and its gain over the better
-    member, on val and on test."""
+    member, on val and on test (``member_acc``: each member's accuracy by name and split)."""
     by_pair = {tuple(d["pair"]): d for d in disagreement(runs, [r.name for r in runs])}
     rows = []
     for a, b in combinations(runs, 2):
         ens = accuracy(combine([a, b], "mean"))
-        acc_a, acc_b = accuracy(a), accuracy(b)
+        acc_a, acc_b = member_acc[a.name], member_acc[b.name]
         same = all(a.config[k] == b.config[k] for k in ARCHITECTURE)
         rows.append({"a": a.name, "b": b.name, "same": same,
                      **{f"dis_{s}": by_pair[(a.name, b.name)][s] for s in ("val", "test")},
@@ -101,13 +100,14 @@ def pairs_summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def ensembles_table(sets: dict[str, list[Run]]) -> list[str]:
+def ensembles_table(sets: dict[str, list[Run]],
+                    member_acc: dict[str, dict[str, float]]) -> list[str]:
     """Every method over each set of members; the gain is against the set's best member on the
     same split (the target: >= +0.010 on val and on test)."""
     lines = ["| members | method | val acc | test acc | best member val / test | "
              "gain val / test |", "|---|---|---|---|---|---|"]
     for label, runs in sets.items():
-        best = {s: max(accuracy(r)[s] for r in runs) for s in ("val", "test")}
+        best = {s: max(member_acc[r.name][s] for r in runs) for s in ("val", "test")}
         for method in METHODS:
             ens = accuracy(combine(runs, method))
             lines.append(f"| {label} | {method} | {ens['val']:.4f} | {ens['test']:.4f} | "
@@ -141,9 +141,11 @@ def plot_pairs(rows: list[dict], path: Path) -> None:
 
 
 def main(study_file: Path = STUDY_FILE) -> None:
-    v2, v3 = load_members(study_file)
+    spec = tomllib.loads(study_file.read_text())
+    v2, v3 = load_members(spec)
     runs = v2 + v3
-    rows = pair_rows(runs)
+    member_acc = {r.name: accuracy(r) for r in runs}
+    rows = pair_rows(runs, member_acc)
     out = ["### Members (study v2's six long members, then the finished v3 members)", "",
            *members_table(runs), "",
            "### Does diversity buy the gain? Pairs of members, summary", "",
@@ -152,9 +154,9 @@ def main(study_file: Path = STUDY_FILE) -> None:
            "### Ensembles (fitted on PublicTest only)", "",
            *ensembles_table({f"v2 long ({len(v2)})": v2,
                              f"v2 long + v3 ({len(runs)})": runs,
-                             **({f"v3 only ({len(v3)})": v3} if len(v3) > 1 else {})})]
+                             **({f"v3 only ({len(v3)})": v3} if len(v3) > 1 else {})},
+                            member_acc)]
     print("\n".join(out))
-    spec = tomllib.loads(study_file.read_text())
     plot_pairs(rows, ROOT / spec["study"]["results_dir"] / "disagreement_vs_gain.png")
 
 

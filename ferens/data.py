@@ -25,13 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ferens.classes import NUM_CLASSES
-from ferens.dataset import (  # noqa: F401 (FerDataset, open_regular: re-exported)
-    SPLIT_TO_USAGE,
-    USAGE_TO_SPLIT,
-    FerDataset,
-    file_sha256,
-    open_regular,
-)
+from ferens.dataset import USAGE_TO_SPLIT, FerDataset, file_sha256, open_regular
 from ferens.errors import FerensError
 
 IMAGE_SIDE = 48

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import fer_rows, run_cli, write_fer_csv
 from test_ensemble import complementary_members
-from test_predict import tiny_member
+from test_predict import tiny_member_on_its_own_csv
 from test_safety import _predict
 
 from ferens import outputs
@@ -29,12 +29,7 @@ WRITING_COMMANDS = ("ensemble", "adjust", "report", "export", "predict", "evalua
 
 @pytest.fixture(scope="module")
 def member(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("lines")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FERENS_CACHE", str(root / "cache"))
-        csv = write_fer_csv(root / "fer2013.csv",
-                            fer_rows({"Training": 6, "PublicTest": 2, "PrivateTest": 2}))
-        return tiny_member(root, csv, "m")
+    return tiny_member_on_its_own_csv(tmp_path_factory, "lines")
 
 
 @pytest.fixture(scope="module")

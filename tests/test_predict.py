@@ -50,6 +50,16 @@ def tiny_member(root: Path, csv: Path, name: str, **overrides) -> Path:
     return cfg.run_dir
 
 
+def tiny_member_on_its_own_csv(tmp_path_factory, prefix: str) -> Path:
+    """`tiny_member` "m" on a fresh 10-row synthetic FER2013 CSV, with its own data cache."""
+    root = tmp_path_factory.mktemp(prefix)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FERENS_CACHE", str(root / "cache"))
+        csv = write_fer_csv(root / "fer2013.csv",
+                            fer_rows({"Training": 6, "PublicTest": 2, "PrivateTest": 2}))
+        return tiny_member(root, csv, "m")
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
     root = tmp_path_factory.mktemp("predict")

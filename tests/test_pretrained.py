@@ -146,11 +146,17 @@ def _small_weights(path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _frozen_for_one_epoch(tiny_csv, tmp_path, name: str, epochs: int) -> TrainConfig:
+    """A quarter-width member from the local weights `_small_weights` wrote, its backbone
+    frozen for the first epoch."""
+    return TrainConfig(name=name, out_dir=str(tmp_path / "runs"), data=str(tiny_csv),
+                       pretrained=str(tmp_path / "w.safetensors"), width=0.25, epochs=epochs,
+                       batch_size=16, threads=1, freeze_backbone_epochs=1, tta="none")
+
+
 def test_a_frozen_backbone_changes_only_the_head(tiny_csv, tmp_path):
     start = _small_weights(tmp_path / "w.safetensors")
-    cfg = TrainConfig(name="frozen", out_dir=str(tmp_path / "runs"), data=str(tiny_csv),
-                      pretrained=str(tmp_path / "w.safetensors"), width=0.25, epochs=1,
-                      batch_size=16, threads=1, freeze_backbone_epochs=1, tta="none")
+    cfg = _frozen_for_one_epoch(tiny_csv, tmp_path, "frozen", epochs=1)
     train_member(cfg, show_progress=False)
     best = load_file(str(cfg.run_dir / "best.safetensors"))
     for key in ("conv1.weight", "layer4.1.conv2.weight", "layer1.0.bn1.running_mean",
@@ -161,9 +167,7 @@ def test_a_frozen_backbone_changes_only_the_head(tiny_csv, tmp_path):
 
 def test_after_the_frozen_epochs_the_backbone_trains(tiny_csv, tmp_path):
     state = _small_weights(tmp_path / "w.safetensors")
-    cfg = TrainConfig(name="thaw", out_dir=str(tmp_path / "runs"), data=str(tiny_csv),
-                      pretrained=str(tmp_path / "w.safetensors"), width=0.25, epochs=2,
-                      batch_size=16, threads=1, freeze_backbone_epochs=1, tta="none")
+    cfg = _frozen_for_one_epoch(tiny_csv, tmp_path, "thaw", epochs=2)
     train_member(cfg, show_progress=False)
     last = load_file(str(cfg.run_dir / "checkpoint" / "epoch-2" / "model.safetensors"))
     assert not torch.equal(last["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])

@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import fer_rows, run_cli, write_fer_csv
-from test_predict import astronaut_bgr, tiny_member
+from conftest import run_cli
+from test_predict import astronaut_bgr, tiny_member_on_its_own_csv
 
 from ferens.bundle import export_bundle, load_bundle
 from ferens.errors import FerensError
@@ -21,12 +21,7 @@ from ferens.predict import predict_images
 
 @pytest.fixture(scope="module")
 def member(tmp_path_factory):
-    root = tmp_path_factory.mktemp("safety")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FERENS_CACHE", str(root / "cache"))
-        csv = write_fer_csv(root / "fer2013.csv",
-                            fer_rows({"Training": 6, "PublicTest": 2, "PrivateTest": 2}))
-        return tiny_member(root, csv, "m")
+    return tiny_member_on_its_own_csv(tmp_path_factory, "safety")
 
 
 @pytest.fixture

@@ -57,7 +57,7 @@ class FerPlusReference:
     def check_split(self, row_ids: np.ndarray, split: str, where: str) -> None:
         """Votes join by fer2013.csv row: refuse predictions of ``split`` whose rows are
         another split in FER+ (row ids that are not CSV rows, e.g. an image folder's)."""
-        from ferens.data import SPLIT_TO_USAGE
+        from ferens.dataset import SPLIT_TO_USAGE
 
         if self.usage is None:
             return
