@@ -310,6 +310,12 @@ def _import_seconds() -> float:
     return time.perf_counter() - start
 
 
+def _session_lines(log: str) -> str:
+    """session.sh's own lines (stages, reasons) and the end of the log: what a failure needs."""
+    own = [line for line in log.splitlines() if line.startswith(("[session", "kit:"))]
+    return "\n".join(own) + "\n--- end of the log ---\n" + log[-1500:]
+
+
 @pytest.mark.slow
 def test_the_whole_gpu_sequence_rehearsed_on_the_cpu(tmp_path):
     """pack (slim index, one part) -> what the device tool sends -> session.sh all (env, data,
@@ -337,20 +343,23 @@ def test_the_whole_gpu_sequence_rehearsed_on_the_cpu(tmp_path):
     assert not (device / "results" / "study_v2" / "members").exists()  # the bulk stays here
 
     unit = _import_seconds()
+    # the deadline scales with this machine's speed, plus a fixed part: the tests stage keeps
+    # 90 s for timing and training (session.sh), which a fast idle box must still leave it
+    deadline = int(12 * unit + 150)
     out, work = tmp_path / "out", tmp_path / "work"
     env = os.environ | {
         "OUT": str(out), "FERENS_GPU_PY": sys.executable, "FERENS_GPU_WORK": str(work),
         "FERENS_GPU_SET": "device=cpu precision=fp32 width=0.25 epochs=400 batch_size=16",
         "FERENS_GPU_MEMBERS": "gpu-r18-s2-c44 gpu-r18-s2-c44-distill",
         "FERENS_GPU_TIMING_STEPS": "3", "FERENS_GPU_LOADER_WORKERS": "0",
-        "FERENS_GPU_DEADLINE": str(int(12 * unit + 60)),
+        "FERENS_GPU_DEADLINE": str(deadline),
         "FERENS_GPU_RESERVE": str(int(3 * unit + 20)), "OMP_NUM_THREADS": "1"}
     start = time.time()
     first = subprocess.run(["bash", "experiments/gpu/session.sh", "all"], cwd=device, env=env,
                            capture_output=True, text=True)
     log = first.stdout + first.stderr
-    assert first.returncode == 0, log[-4000:]
-    assert time.time() - start < 12 * unit + 60 + 5  # it ended itself, by its deadline
+    assert first.returncode == 0, _session_lines(log)
+    assert time.time() - start < deadline + 5  # it ended itself, by its deadline
     assert "env=ok data=ok tests=ok timing=ok train=ok" in log
     assert (out / "session.log").read_text().strip().endswith("exit 0")
     names = sorted(p.name for p in out.iterdir())
@@ -377,7 +386,7 @@ def test_the_whole_gpu_sequence_rehearsed_on_the_cpu(tmp_path):
     second = subprocess.run(["bash", "experiments/gpu/session.sh", "train"], cwd=device,
                             env=env, capture_output=True, text=True)
     log = second.stdout + second.stderr
-    assert second.returncode == 0, log[-4000:]
+    assert second.returncode == 0, _session_lines(log)
     assert "kit: data already" in log and "stage timing" not in log
     with tarfile.open(out2 / "ferens-gpu-results.tar.gz") as tar:
         again = json.load(tar.extractfile(f"{member}/summary.json"))
