@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 if TYPE_CHECKING:
-    from ferens.data import FerDataset
+    from ferens.data.fer2013 import FerDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FERENS_DATA", ROOT.parent / "shared/data/fer2013/fer2013.csv.gz"))
@@ -48,7 +48,7 @@ def bare_loop_rate(model_name: str, width: float, batch: int, steps: int, thread
     """Images/s of forward+loss+backward+step on tensors already in memory."""
     import torch
 
-    from ferens.models import create_member_model
+    from ferens.models.factory import create_member_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -82,9 +82,9 @@ def ferens_epoch_rate(model_name: str, width: float, batch: int, steps: int, thr
     on real data; ``engine`` 1 is the v1 loop, 2 the per-sample-seeded loader."""
     import torch
 
-    from ferens.data import load_fer2013
-    from ferens.loader import TrainLoader
-    from ferens.train import build_parts, train_one_epoch
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.data.loader import TrainLoader
+    from ferens.train.member import build_parts, train_one_epoch
 
     torch.set_num_threads(threads)
     cfg = _bench_config(model_name, width, batch, threads, engine, workers, augment)
@@ -102,8 +102,8 @@ def loader_rate(batch: int, steps: int, workers: int, augment: str = "strong") -
     """Images/s of the engine-2 training loader alone (no model): is a machine data-bound?"""
     import torch
 
-    from ferens.data import load_fer2013
-    from ferens.loader import TrainLoader
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.data.loader import TrainLoader
 
     cfg = _bench_config("resnet18", 0.5, batch, 1, 2, workers, augment)
     train = load_fer2013(DATA).split("train")
@@ -213,7 +213,7 @@ def bench_engine(repeats: int, steps: int, rows: list) -> None:
 
 
 def bench_data(repeats: int, rows: list) -> None:
-    from ferens.data import load_fer2013
+    from ferens.data.fer2013 import load_fer2013
 
     saved = os.environ.get("FERENS_CACHE")
     with tempfile.TemporaryDirectory() as cache:
@@ -240,9 +240,9 @@ def bench_inference(repeats: int, rows: list) -> None:
     import torch
 
     from ferens.config import TrainConfig
-    from ferens.data import load_fer2013
-    from ferens.inference import predict_logits
-    from ferens.models import create_member_model
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.models.factory import create_member_model
+    from ferens.models.inference import predict_logits
 
     torch.set_num_threads(os.cpu_count() or 1)
     test = load_fer2013(DATA).split("test")
@@ -266,8 +266,8 @@ def fresh_member(folder: Path, test: FerDataset) -> Path:
     from safetensors.torch import save_file
 
     from ferens.config import TrainConfig
-    from ferens.models import create_member_model
-    from ferens.predictions import Predictions, save_predictions, write_json
+    from ferens.models.factory import create_member_model
+    from ferens.runs import Predictions, save_predictions, write_json
 
     values = tomllib.loads(PREDICT_CONFIG.read_text())["member"]
     cfg = TrainConfig.from_dict(values | {"out_dir": str(folder)}, source=str(PREDICT_CONFIG))
@@ -307,9 +307,9 @@ def bench_predict(repeats: int, rows: list) -> None:
     """Bundle prediction on the 3,589 test crops, in memory (4.) and through the CLI (7.)."""
     import torch
 
-    from ferens.bundle import export_bundle, load_bundle
-    from ferens.data import load_fer2013
-    from ferens.predict import measure_throughput, save_face_crops
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.deploy.bundle import export_bundle, load_bundle
+    from ferens.deploy.predict import measure_throughput, save_face_crops
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -358,9 +358,9 @@ def _with_onnx(bundle_dir: Path, folder: Path) -> Path:
 
     import torch
 
-    from ferens.bundle import export_onnx, load_bundle
-    from ferens.data import file_sha256
-    from ferens.predictions import read_json, write_json
+    from ferens.data.fer2013 import file_sha256
+    from ferens.deploy.bundle import export_onnx, load_bundle
+    from ferens.runs import read_json, write_json
 
     copy = Path(shutil.copytree(bundle_dir, folder / "onnx.ferens"))
     manifest = read_json(copy / "manifest.json")
@@ -391,12 +391,12 @@ def bench_default_model(repeats: int, rows: list) -> None:
     import cv2
     import torch
 
-    from ferens.bundle import load_bundle
-    from ferens.data import load_fer2013
-    from ferens.faces import default_detector, haar_available
-    from ferens.inference import tta_views
-    from ferens.predict import measure_throughput, predict_images
-    from ferens.shipped import default_model_path
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.deploy.bundle import load_bundle
+    from ferens.deploy.faces import default_detector, haar_available
+    from ferens.deploy.predict import measure_throughput, predict_images
+    from ferens.deploy.shipped import default_model_path
+    from ferens.models.inference import tta_views
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -463,10 +463,10 @@ def bench_default_model(repeats: int, rows: list) -> None:
 
 
 def bench_ensemble_report(rows: list) -> None:
-    from ferens.data import load_fer2013
-    from ferens.ensemble import build_ensemble
-    from ferens.predictions import Predictions, save_predictions, write_json
-    from ferens.report import write_report
+    from ferens.combine.ensemble import build_ensemble
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.report.build import write_report
+    from ferens.runs import Predictions, save_predictions, write_json
 
     ds = load_fer2013(DATA)
     rng = np.random.default_rng(0)
@@ -519,8 +519,8 @@ def recipe_config(ns: argparse.Namespace):
 def _recipe_parts(ns: argparse.Namespace, rows: int):
     import torch
 
-    from ferens.data import load_fer2013
-    from ferens.train import build_parts
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.train.member import build_parts
 
     torch.set_num_threads(1)
     cfg = recipe_config(ns)
@@ -539,8 +539,8 @@ def recipe_rate(ns: argparse.Namespace) -> dict:
     process, which other load on the machine changes less) after a warm-up epoch."""
     import torch
 
-    from ferens.loader import TrainLoader
-    from ferens.train import train_one_epoch
+    from ferens.data.loader import TrainLoader
+    from ferens.train.member import train_one_epoch
 
     warm_rows = 5 * ns.batch
     cfg, train, parts = _recipe_parts(ns, warm_rows + ns.steps * ns.batch)
@@ -559,10 +559,10 @@ def recipe_logits(ns: argparse.Namespace) -> dict:
     'the same numbers' is judged on (saved to ns.save)."""
     import torch
 
-    from ferens.data import load_fer2013
-    from ferens.inference import predict_logits
-    from ferens.loader import TrainLoader
-    from ferens.train import train_one_epoch
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.data.loader import TrainLoader
+    from ferens.models.inference import predict_logits
+    from ferens.train.member import train_one_epoch
 
     cfg, train, parts = _recipe_parts(ns, ns.steps * 64)
     cpu = torch.device("cpu")

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ferens.models import create_member_model
+from ferens.models.factory import create_member_model
 
 
 def train_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,

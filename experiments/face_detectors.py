@@ -244,14 +244,14 @@ def _setup():
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    from ferens.data import load_fer2013
-    from ferens.shipped import load_model
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.deploy.shipped import load_model
 
     return load_fer2013(DATA), load_model().bundle
 
 
 def _detectors(names=None) -> list[str]:
-    from ferens.faces import haar_available, mtcnn_available
+    from ferens.deploy.faces import haar_available, mtcnn_available
 
     have = ["haar"] if haar_available() else []
     have += ["lbp"] + (["mtcnn"] if mtcnn_available() else [])
@@ -261,7 +261,7 @@ def _detectors(names=None) -> list[str]:
 # --- fit -------------------------------------------------------------------------------------
 
 def fit(ns) -> list[str]:
-    from ferens.faces import CROP_RULES, CropRule, crop_face, face_detector
+    from ferens.deploy.faces import CROP_RULES, CropRule, crop_face, face_detector
 
     ds, bundle = _setup()
     val = ds.split("val")
@@ -314,7 +314,7 @@ def fit(ns) -> list[str]:
                      f"{np.percentile(scale, 75):.3f}) | {rule.dx:+.3f}, {rule.dy:+.3f} | "
                      f"{100 * acc(crops_old):.1f}% | {100 * acc(crops_fit):.1f}% | "
                      f"{100 * acc(crops_true):.1f}% |")
-        print(lines[-1], f"(ferens.faces has {shipped})", flush=True)
+        print(lines[-1], f"(ferens.deploy.faces has {shipped})", flush=True)
     if "mtcnn" in _detectors(ns.detectors):
         lines += mtcnn_sweep(val, n)
     return lines
@@ -323,7 +323,7 @@ def fit(ns) -> list[str]:
 def mtcnn_sweep(val, n: int) -> list[str]:
     """MTCNN's found / false positives / CPU on all five variants (other PublicTest faces) by
     --min-face, the first two stages' thresholds and --confidence."""
-    from ferens.faces import CROP_RULES, Mtcnn
+    from ferens.deploy.faces import CROP_RULES, Mtcnn
 
     start = 3 * n  # after the faces the rules were fitted on
     canvases = []
@@ -394,8 +394,8 @@ def timed(finder):
 
 def bench(ns) -> list[str]:
     from ferens.classes import CLASS_NAMES
-    from ferens.faces import CropRule, default_detector, face_detector
-    from ferens.predict import predict_images
+    from ferens.deploy.faces import CropRule, default_detector, face_detector
+    from ferens.deploy.predict import predict_images
 
     ds, bundle = _setup()
     test = ds.split("test")
@@ -499,7 +499,7 @@ def bench(ns) -> list[str]:
 
 
 def bundle_crop(gray: np.ndarray, box: tuple) -> np.ndarray:
-    from ferens.faces import CropRule, crop_face
+    from ferens.deploy.faces import CropRule, crop_face
 
     return crop_face(gray, box, CropRule(1.0))
 

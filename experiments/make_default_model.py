@@ -1,12 +1,13 @@
-"""Write the model that ships inside ferens (ferens/weights/default.ferens) from a finished run.
+"""Write the model that ships inside ferens (ferens/deploy/weights/default.ferens) from a finished
+run.
 
     .venv/bin/python experiments/make_default_model.py runs/e45-s1 \
         --study experiments/study_v2.toml --member e45-s1
 
 Exports the run as an fp16 bundle, scores the bundle itself on PublicTest and PrivateTest with
-`ferens.evaluate` (the numbers users can reproduce with `ferens evaluate --split test`), records
-its provenance in the manifest, and replaces the shipped folder only when everything succeeded.
-The member is chosen on PublicTest (val) accuracy only.
+`ferens.deploy.evaluate` (the numbers users can reproduce with `ferens evaluate --split test`),
+records its provenance in the manifest, and replaces the shipped folder only when everything
+succeeded. The member is chosen on PublicTest (val) accuracy only.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ferens.bundle import export_bundle, load_bundle
-from ferens.evaluate import evaluate_bundle
+from ferens.deploy.bundle import export_bundle, load_bundle
+from ferens.deploy.evaluate import evaluate_bundle
+from ferens.deploy.shipped import SHIPPED_BUNDLE
 from ferens.outputs import swap_into_place
-from ferens.predictions import read_json, write_json
-from ferens.shipped import SHIPPED_BUNDLE
+from ferens.runs import read_json, write_json
 
 MAX_BYTES = 8 * 1024 * 1024
 

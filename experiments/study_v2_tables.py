@@ -218,8 +218,10 @@ def ensemble_size_table(runs: list[dict]) -> list[str]:
     Nothing is fitted on or chosen by these accuracies, so both splits are reported alike."""
     lines = ["| members averaged (k) | subsets | val acc mean [min, max] | "
              "test acc mean [min, max] | test macro-F1 mean |", "|---|---|---|---|---|"]
-    from ferens.ensemble import check_members  # checks and aligns rows to the first member's
-    from ferens.predictions import load_run
+    from ferens.combine.ensemble import (
+        check_members,  # checks and aligns rows to the first member's
+    )
+    from ferens.runs import load_run
 
     members = check_members([load_run(r["folder"]) for r in runs])
     splits = {split: ([m.splits[split].probs for m in members], members[0].splits[split].labels)

@@ -5,7 +5,7 @@
 Reads the finished members in ``results/study_v3/members`` and study v2's six long members (the
 study file's ``extra_runs``), and writes ``results/study_v3/disagreement_vs_gain.png``.
 Everything is computed from the committed predictions; every ensemble is fitted on PublicTest
-(val) only, through ``ferens.ensemble.combine``. No torch is imported.
+(val) only, through ``ferens.combine.ensemble.combine``. No torch is imported.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ferens.ensemble import METHODS, combine, disagreement
-from ferens.predictions import Run, load_run, split_metrics
+from ferens.combine.ensemble import METHODS, combine, disagreement
+from ferens.runs import Run, load_run, split_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILE = ROOT / "experiments" / "study_v3.toml"

@@ -48,7 +48,12 @@ COPIED = ("config.json", "metrics.csv", "summary.json", "predictions/val.npz",
 
 def ferplus_eight(fer2013: Path, ferplus: Path):
     """FER2013 faces with their FER+ majority among the eight emotions (contempt kept)."""
-    from ferens.data import check_ferplus_rows, ferplus_majority, load_fer2013, read_ferplus_votes
+    from ferens.data.fer2013 import (
+        check_ferplus_rows,
+        ferplus_majority,
+        load_fer2013,
+        read_ferplus_votes,
+    )
 
     ds = load_fer2013(fer2013)
     votes = read_ferplus_votes(ferplus)
@@ -112,7 +117,7 @@ def arms(timm_cached: bool) -> dict[str, dict]:
 
 
 def timm_weights_cached() -> Path | None:
-    from ferens.pretrained import find_cached_weights, pretrained_name
+    from ferens.models.pretrained import find_cached_weights, pretrained_name
 
     return find_cached_weights(pretrained_name("resnet18", "timm"))[0]
 
@@ -120,7 +125,7 @@ def timm_weights_cached() -> Path | None:
 def train_all(folder: Path, runs: Path, epochs: int, seeds: list[int], threads: int,
               width: float, smoke: bool) -> list[dict]:
     from ferens.config import TrainConfig
-    from ferens.train import train_member
+    from ferens.train.member import train_member
 
     base = {"data": str(folder), "out_dir": str(runs), "model": "resnet18", "width": width,
             "epochs": epochs, "threads": threads, "tta": "flip", "augment": "light"}
@@ -141,9 +146,9 @@ def train_all(folder: Path, runs: Path, epochs: int, seeds: list[int], threads: 
 def shipped_without_training(folder: Path) -> dict:
     """The shipped model on the folder's test faces as it is (its own seven classes and
     ten-crop TTA; it never predicts Contempt): the baseline fine-tuning starts from."""
-    from ferens.data import load_fer2013
-    from ferens.predictions import Predictions, split_metrics
-    from ferens.shipped import load_model
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.deploy.shipped import load_model
+    from ferens.runs import Predictions, split_metrics
 
     test = load_fer2013(folder).split("test")
     model = load_model()

@@ -105,7 +105,7 @@ def train_member_cmd(
 ) -> None:
     """Train one ensemble member and write runs/NAME (predictions, metrics, summary)."""
     from ferens.config import TrainConfig, load_config_file
-    from ferens.train import train_member
+    from ferens.train.member import train_member
 
     values = load_config_file(config) if config else {}
     flags = {k: v for k, v in locals().items()
@@ -115,7 +115,7 @@ def train_member_cmd(
                  else f"from --config {config}" if "name" in values else None)
     values |= flags | sets
     if values.get("init"):  # the architecture of the model fine-tuned, unless given
-        from ferens.initialise import init_architecture
+        from ferens.models.initialise import init_architecture
 
         values = init_architecture(str(values["init"])) | values
     derived = name_from is None  # never a silent default: say which name the run gets, and why
@@ -146,7 +146,7 @@ def ensemble_cmd(
     seed: int = typer.Option(0, help="Seed for the stacker's cross-validation folds."),
 ) -> None:
     """Combine saved member predictions (no model is re-run); everything is fitted on val."""
-    from ferens.ensemble import build_ensemble
+    from ferens.combine.ensemble import build_ensemble
 
     run = build_ensemble(runs, method=method, out=out, temperature=temperature, seed=seed,
                          greedy_metric=greedy_metric)
@@ -172,7 +172,7 @@ def adjust_cmd(
     tau: float | None = typer.Option(None, help="Use this tau instead of choosing one on val."),
 ) -> None:
     """Post-hoc logit adjustment for rare classes (tau chosen on val); writes a run folder."""
-    from ferens.adjust import adjust_run
+    from ferens.combine.adjust import adjust_run
 
     s = adjust_run(run, out, tau=tau, select=select, max_accuracy_loss=max_accuracy_loss).summary
     before = s["source_metrics"]
@@ -206,7 +206,7 @@ def report_cmd(
         None, help="Also show runs whose name matches this glob in detail (repeatable)."),
 ) -> None:
     """Write the report: leaderboard, study groups, error taxonomy (HTML, Markdown, JSON, PNGs)."""
-    from ferens.report import write_report
+    from ferens.report.build import write_report
 
     metrics = write_report(runs, out=out, ferplus=ferplus, data=data, split=split, sort=sort,
                            top=top, group=group or (), show=show or ())
@@ -235,8 +235,8 @@ def export_cmd(
     half: bool = typer.Option(False, "--half", help="Store the weights as float16 (half size)."),
 ) -> None:
     """Pack a member, ensemble or adjusted run into a self-contained bundle (safetensors + JSON)."""
-    from ferens.bundle import export_bundle
-    from ferens.predictions import read_json
+    from ferens.deploy.bundle import export_bundle
+    from ferens.runs import read_json
 
     path = export_bundle(run, out, onnx=onnx, half=half)
     manifest = read_json(path / "manifest.json")
@@ -277,15 +277,15 @@ def predict_cmd(
 ) -> None:
     """Find faces in images and videos; write one row per face (box, class probabilities, top
     class), a summary and a timeline plot per video."""
-    from ferens.inference import configure_threads
-    from ferens.outputs import check_replaceable, output_folder
-    from ferens.predict import (
+    from ferens.deploy.predict import (
         check_some_input_read,
         format_summary,
         predict_images,
         write_predictions,
     )
-    from ferens.shipped import load_model
+    from ferens.deploy.shipped import load_model
+    from ferens.models.inference import configure_threads
+    from ferens.outputs import check_replaceable, output_folder
 
     if every is not None and fps is not None:
         raise FerensError("give --every or --fps, not both")
@@ -321,11 +321,11 @@ def evaluate_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Accuracy, macro-F1 and per-class recall of a bundle on labelled FER2013 data."""
-    from ferens.evaluate import evaluate_bundle
-    from ferens.inference import configure_threads
+    from ferens.deploy.evaluate import evaluate_bundle
+    from ferens.deploy.shipped import load_model
+    from ferens.models.inference import configure_threads
     from ferens.outputs import check_output_file
-    from ferens.predictions import write_json
-    from ferens.shipped import load_model
+    from ferens.runs import write_json
 
     if out is not None:
         check_output_file(out)
@@ -355,7 +355,7 @@ def study_cmd(
         None, help="Ray cluster to join (auto = the running one) [a new local Ray]."),
 ) -> None:
     """Run a whole study: train missing members (resumable), ensemble them, write the report."""
-    from ferens.study import run_study
+    from ferens.study.local import run_study
 
     outcome = run_study(study, lanes=lanes, train=not no_train, only=only, threads=threads,
                         backend=backend, address=address)

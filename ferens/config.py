@@ -2,8 +2,8 @@
 
 This module imports neither torch nor albumentations, so reading a config (``ferens study
 --no-train``, the report, the exporter's checks) stays cheap: the choices below are declared
-here, and ``ferens.augment`` and ``ferens.models`` check at import that they implement exactly
-these names.
+here, and ``ferens.data.augment`` and ``ferens.models.factory`` check at import that they implement
+exactly these names.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from pathlib import Path
 
 from ferens.classes import CLASS_NAMES
 from ferens.errors import FerensError
-from ferens.pretrained import is_timm_spec
+from ferens.models.pretrained import is_timm_spec
 
-# Named augmentation recipes: albumentations pipelines (built by ferens.augment) and the same
-# recipes in plain torch on whole batches (ferens.torch_augment).
+# Named augmentation recipes: albumentations pipelines (built by ferens.data.augment) and the same
+# recipes in plain torch on whole batches (ferens.data.torch_augment).
 TORCH_AUGMENTATIONS = ("torch-light", "torch-strong")
 AUGMENTATIONS = ("none", "light", "strong", *TORCH_AUGMENTATIONS)
-# ResNet stems (applied by ferens.models), with what each one does.
+# ResNet stems (applied by ferens.models.factory), with what each one does.
 STEMS = {
     "default": "stock stem: stride-2 conv + max-pool (4x downsampling, cheapest)",
     "s2": "stride-2 conv, no max-pool (2x downsampling, ~2.5x the cost)",

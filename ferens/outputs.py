@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ferens.bundle_format import is_own_bundle
+from ferens.deploy.bundle_format import is_own_bundle
 from ferens.errors import FerensError
 
 RUN_FILES = {"config.json", "summary.json", "predictions/val.npz", "predictions/test.npz",

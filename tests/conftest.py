@@ -74,7 +74,7 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
 
 def train_interrupted_then_resumed(cfg, epoch: int, monkeypatch) -> None:
     """Train ``cfg`` until a Ctrl-C at the start of ``epoch``, then ``--resume`` it to the end."""
-    import ferens.train as train_module
+    import ferens.train.member as train_module
 
     real = train_module.train_one_epoch
 

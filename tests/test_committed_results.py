@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ferens.study import is_committed, load_study
+from ferens.study.local import is_committed, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 # (study file, its results folder, the script that writes its tables)

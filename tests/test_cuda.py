@@ -8,7 +8,7 @@ import torch
 from conftest import fer_rows, train_interrupted_then_resumed, write_fer_csv
 
 from ferens.config import TrainConfig
-from ferens.predictions import load_run
+from ferens.runs import load_run
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -33,7 +33,7 @@ def _config(data, tmp_path, **overrides) -> TrainConfig:
 
 
 def test_a_bf16_member_trains_and_resumes_on_cuda(small_csv, tmp_path, monkeypatch):
-    from ferens.train import train_member
+    from ferens.train.member import train_member
 
     monkeypatch.setenv("FERENS_CHECKPOINT_SECONDS", "0")  # every epoch, so it truly resumes
     straight = _config(small_csv, tmp_path / "a")
@@ -46,9 +46,9 @@ def test_a_bf16_member_trains_and_resumes_on_cuda(small_csv, tmp_path, monkeypat
 
 
 def test_a_cuda_member_bundle_predicts_alike_on_cpu_cuda_and_onnx(small_csv, tmp_path):
-    from ferens.bundle import export_bundle, load_bundle
-    from ferens.data import load_fer2013
-    from ferens.train import train_member
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.deploy.bundle import export_bundle, load_bundle
+    from ferens.train.member import train_member
 
     cfg = _config(small_csv, tmp_path, epochs=1)
     train_member(cfg, show_progress=False)
@@ -63,14 +63,14 @@ def test_a_cuda_member_bundle_predicts_alike_on_cpu_cuda_and_onnx(small_csv, tmp
 
 def test_the_albumentations_loader_with_workers_and_ema_trains_on_cuda(small_csv, tmp_path):
     pytest.importorskip("albumentations")  # carried only with pack.py --wheels
-    from ferens.train import train_member
+    from ferens.train.member import train_member
 
     cfg = _config(small_csv, tmp_path, augment="strong", workers=2, ema_decay=0.9, epochs=2)
     assert train_member(cfg, show_progress=False)["device"] == "cuda"
 
 
 def test_the_torch_recipe_augments_alike_on_cpu_and_cuda():
-    from ferens.torch_augment import RECIPES, augment_batch, epoch_parameters
+    from ferens.data.torch_augment import RECIPES, augment_batch, epoch_parameters
 
     images = torch.randint(0, 256, (64, 48, 48), dtype=torch.uint8)
     params = torch.from_numpy(epoch_parameters(RECIPES["torch-strong"], np.arange(64), 48, 44))
@@ -83,10 +83,10 @@ def _syncs_per_step(cfg, monkeypatch, epochs: int = 1) -> float:
     """Synchronising CUDA calls per training step, counted by torch's sync debug mode."""
     import warnings
 
-    import ferens.train as train_module
-    from ferens.data import load_fer2013
-    from ferens.loader import make_loader
-    from ferens.train import build_parts, train_one_epoch
+    import ferens.train.member as train_module
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.data.loader import make_loader
+    from ferens.train.member import build_parts, train_one_epoch
 
     monkeypatch.setattr(train_module, "PROGRESS_EVERY", 10**9)  # the progress read aside
     train = load_fer2013(cfg.data).split("train")
@@ -117,7 +117,7 @@ def test_a_training_step_never_waits_for_the_gpu(tmp_path, monkeypatch):
 
 
 def test_after_a_resume_adamw_steps_stay_on_the_cpu(small_csv, tmp_path, monkeypatch):
-    import ferens.train as train_module
+    import ferens.train.member as train_module
 
     monkeypatch.setenv("FERENS_CHECKPOINT_SECONDS", "0")  # every epoch, so it truly resumes
     cfg = _config(small_csv, tmp_path, epochs=2)
@@ -137,7 +137,7 @@ def test_after_a_resume_adamw_steps_stay_on_the_cpu(small_csv, tmp_path, monkeyp
 def test_a_deadline_stops_a_cuda_member_with_its_predictions(small_csv, tmp_path, monkeypatch):
     import time
 
-    import ferens.train as train_module
+    import ferens.train.member as train_module
 
     monkeypatch.setattr(train_module, "finish_seconds", lambda *a: 1e9)
     cfg = _config(small_csv, tmp_path, epochs=5)

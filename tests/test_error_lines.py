@@ -14,13 +14,12 @@ import cv2
 import numpy as np
 import pytest
 from conftest import fer_rows, run_cli, write_fer_csv
-from test_ensemble import complementary_members
-from test_predict import tiny_member_on_its_own_csv
-from test_safety import _predict
+from helpers import complementary_members
+from trained_helpers import _predict, tiny_member_on_its_own_csv
 
 from ferens import outputs
-from ferens.bundle import export_bundle
-from ferens.data import load_fer2013
+from ferens.data.fer2013 import load_fer2013
+from ferens.deploy.bundle import export_bundle
 from ferens.errors import FerensError
 
 WRITING_COMMANDS = ("ensemble", "adjust", "report", "export", "predict", "evaluate", "study",
@@ -152,7 +151,7 @@ def test_an_unusable_cache_folder_warns_once_and_loads_without_it(tiny_csv, tmp_
     blocker = tmp_path / "cache-is-a-file"
     blocker.write_text("x")
     monkeypatch.setenv("FERENS_CACHE", str(blocker / "ferens"))
-    import ferens.data as data
+    import ferens.data.fer2013 as data
 
     monkeypatch.setattr(data, "_CACHE_WARNED", set())
     for _ in range(2):
@@ -162,7 +161,7 @@ def test_an_unusable_cache_folder_warns_once_and_loads_without_it(tiny_csv, tmp_
 
 
 def test_a_full_disk_under_the_cache_costs_only_the_cache(tiny_csv, monkeypatch, capsys):
-    import ferens.data as data
+    import ferens.data.fer2013 as data
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -175,7 +174,7 @@ def test_a_full_disk_under_the_cache_costs_only_the_cache(tiny_csv, monkeypatch,
 
 
 def test_no_home_folder_means_no_cache_not_a_crash(tiny_csv, monkeypatch, capsys):
-    import ferens.data as data
+    import ferens.data.fer2013 as data
 
     def no_home():
         raise RuntimeError("Could not determine home directory.")
@@ -188,7 +187,7 @@ def test_no_home_folder_means_no_cache_not_a_crash(tiny_csv, monkeypatch, capsys
 
 
 def test_a_truncated_cache_entry_is_rebuilt(tiny_csv, monkeypatch, capsys):
-    import ferens.data as data
+    import ferens.data.fer2013 as data
 
     expected = load_fer2013(tiny_csv)
     (entry,) = data._cache_dir().glob("fer2013-*.npz")
@@ -289,7 +288,7 @@ def test_a_bad_member_setting_is_one_line_before_anything_is_written(
 
 def test_a_study_member_timm_cannot_build_is_one_line_before_any_member_starts(
         tiny_csv, tmp_path, monkeypatch, capsys):
-    """The model check needs timm, so TrainConfig leaves it to ferens.train.check_trainable:
+    """The model check needs timm, so TrainConfig leaves it to ferens.train.member.check_trainable:
     a training study runs it for every member before starting any (reading one never does)."""
     study = tmp_path / "study.toml"
     study.write_text(f'[study]\nresults_dir = "{tmp_path / "results"}"\n'
@@ -373,7 +372,7 @@ def test_an_accuracy_budget_outside_0_to_1_is_refused(tmp_path, loss, monkeypatc
 
 
 def test_an_architecture_that_refuses_the_width_is_one_line():
-    from ferens.models import create_member_model
+    from ferens.models.factory import create_member_model
 
     with pytest.raises(FerensError, match="resnet50_gn.*cannot be built with width=0.25"):
         create_member_model("resnet50_gn", width=0.25)
@@ -440,9 +439,9 @@ def test_evaluate_shows_progress(bundle, member, monkeypatch, capsys):
 
 
 def test_reports_name_runs_that_share_a_folder_name_by_their_parents(tmp_path):
-    from ferens.adjust import adjust_run
-    from ferens.ensemble import build_ensemble
-    from ferens.report import write_report
+    from ferens.combine.adjust import adjust_run
+    from ferens.combine.ensemble import build_ensemble
+    from ferens.report.build import write_report
 
     a, b, c = complementary_members(tmp_path / "members")
     shutil.move(a, tmp_path / "members" / "stack")
@@ -498,7 +497,7 @@ def test_image_folder_errors_are_named_by_their_files_in_reports(tmp_path, monke
     runs = [tmp_path / "runs" / "m1", tmp_path / "runs" / "m2"]
     code, _, err = run_cli(["ensemble", *runs, "--out", tmp_path / "ens"], monkeypatch, capsys)
     assert code == 0, err
-    from ferens.report import write_report
+    from ferens.report.build import write_report
 
     metrics = write_report([*runs, tmp_path / "ens"], out=tmp_path / "report", n_boot=20)
     errors = metrics["runs"][0]["confident_errors"]

@@ -255,8 +255,8 @@ def _scratch_project(tmp_path: Path, csv: Path) -> Path:
     study names, and bulky committed results that must not travel to the device."""
     import shutil
 
-    from ferens.data import load_fer2013
-    from ferens.predictions import Predictions, save_predictions, write_json
+    from ferens.data.fer2013 import load_fer2013
+    from ferens.runs import Predictions, save_predictions, write_json
 
     repo = tmp_path / "project"
     ignore = shutil.ignore_patterns("__pycache__", "weights", "*.pyc")
@@ -305,7 +305,7 @@ def _import_seconds() -> float:
     import time
 
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, ferens.train"], check=True,
+    subprocess.run([sys.executable, "-c", "import torch, ferens.train.member"], check=True,
                    cwd=ROOT)
     return time.perf_counter() - start
 

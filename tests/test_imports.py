@@ -21,11 +21,12 @@ HEAVY = ("torch", "timm", "albumentations")
 # Modules that read configs, predictions or run folders, combine, report or drive a study: none
 # of them may import torch (at module level; training itself is only imported where it runs).
 TORCH_FREE = (
-    "ferens", "ferens.classes", "ferens.errors", "ferens.config", "ferens.predictions",
-    "ferens.outputs", "ferens.bundle_format", "ferens.ensemble", "ferens.adjust",
-    "ferens.report", "ferens.study", "ferens.study_ray", "ferens.children", "ferens.provenance",
-    "ferens.lanes", "ferens.data", "ferens.dataset", "ferens.imagefolder",
-    *sorted(f"ferens.reporting.{p.stem}" for p in (PACKAGE / "reporting").glob("*.py")
+    "ferens", "ferens.classes", "ferens.errors", "ferens.config", "ferens.runs",
+    "ferens.outputs", "ferens.deploy.bundle_format", "ferens.combine.ensemble",
+    "ferens.combine.adjust", "ferens.report.build", "ferens.study.local",
+    "ferens.study.ray_backend", "ferens.study.children", "ferens.provenance", "ferens.study.lanes",
+    "ferens.data.fer2013", "ferens.data.dataset", "ferens.data.imagefolder",
+    *sorted(f"ferens.report.{p.stem}" for p in (PACKAGE / "report").glob("*.py")
             if p.stem != "__init__"),
 )
 # Prints which of HEAVY the code before it imported, as JSON, even when that code raised.
@@ -58,7 +59,7 @@ def test_modules_that_read_configs_or_predictions_import_no_torch():
 
 
 def test_study_no_train_loads_no_torch(tmp_path):
-    from test_ensemble import complementary_members
+    from helpers import complementary_members
 
     results = tmp_path / "results"
     complementary_members(results / "members")
@@ -128,9 +129,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_ferens_modules_import_each_other_without_cycles():
     graph = import_graph()
-    assert {"ferens.bundle", "ferens.outputs", "ferens.study_ray"} <= set(graph)
-    assert "ferens.bundle_format" in graph["ferens.outputs"]      # the edges are seen
-    assert "ferens.reporting.plots" in graph["ferens.reporting.sections"]
+    assert {"ferens.deploy.bundle", "ferens.outputs", "ferens.study.ray_backend"} <= set(graph)
+    assert "ferens.deploy.bundle_format" in graph["ferens.outputs"]      # the edges are seen
+    assert "ferens.report.plots" in graph["ferens.report.sections"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 from conftest import run_cli
-from test_ensemble import complementary_members
+from helpers import complementary_members
 
-import ferens.ensemble as ensemble_module
-from ferens.adjust import adjust_run
-from ferens.ensemble import build_ensemble
+import ferens.combine.ensemble as ensemble_module
+from ferens.combine.adjust import adjust_run
+from ferens.combine.ensemble import build_ensemble
 from ferens.errors import FerensError
 from ferens.outputs import folder_lock, output_folder
-from ferens.predictions import load_run
+from ferens.runs import load_run
 
 
 def _user_folder(path):
@@ -112,7 +112,7 @@ def test_report_never_replaces_a_folder_that_only_looks_like_an_old_report(tmp_p
 def test_atomic_writes_never_follow_a_link_planted_at_a_guessable_name(tmp_path):
     import os
 
-    from ferens.predictions import atomic_path, write_json
+    from ferens.runs import atomic_path, write_json
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")

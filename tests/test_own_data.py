@@ -12,9 +12,9 @@ import pytest
 from conftest import run_cli, synthetic_faces, write_fer_csv
 from PIL import Image
 
-from ferens.data import FERPLUS_VOTES, load_fer2013
+from ferens.data.fer2013 import FERPLUS_VOTES, load_fer2013
 from ferens.errors import FerensError
-from ferens.predictions import load_predictions
+from ferens.runs import load_predictions
 
 CLASSES = ("calm", "joy", "rage")
 

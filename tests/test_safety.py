@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 from conftest import run_cli
-from test_predict import astronaut_bgr, tiny_member_on_its_own_csv
+from trained_helpers import _predict, astronaut_bgr, tiny_member_on_its_own_csv
 
-from ferens.bundle import export_bundle, load_bundle
+from ferens.deploy.bundle import export_bundle, load_bundle
+from ferens.deploy.predict import predict_images
 from ferens.errors import FerensError
-from ferens.predict import predict_images
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_a_bundle_declaring_a_huge_model_is_refused_before_allocating(bundle):
     values = json.loads(config.read_text()) | {"width": 64}
     config.write_text(json.dumps(values))
     manifest = _manifest(bundle)
-    from ferens.data import file_sha256
+    from ferens.data.fer2013 import file_sha256
 
     manifest["members"][0]["files"]["config.json"] = file_sha256(config)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -108,7 +108,7 @@ def test_one_failing_image_does_not_stop_the_batch(bundle, tmp_path, monkeypatch
     cv2.imwrite(str(tmp_path / "a_thin.png"), np.full((1, 10000), 128, np.uint8))
     cv2.imwrite(str(tmp_path / "b_ok.png"), astronaut_bgr())
     cv2.imwrite(str(tmp_path / "c_boom.png"), astronaut_bgr())
-    import ferens.predict as predict_module
+    import ferens.deploy.predict as predict_module
 
     real = predict_module.crop_face
 
@@ -141,10 +141,6 @@ def test_a_fifo_or_device_is_skipped_without_reading_it(bundle, tmp_path, monkey
 def _one_line_error(code: int, err: str) -> None:
     assert code == 2, err
     assert err.startswith("ferens: error:") and err.count("\n") == 1, err
-
-
-def _predict(bundle: Path, face: Path, out: Path, *extra) -> list:
-    return ["predict", face, "--model", bundle, "--no-detect", "--out", out, *extra]
 
 
 def _edit_manifest(bundle: Path, edit) -> None:
@@ -209,7 +205,7 @@ def onnx_bundle(member, tmp_path_factory):
 @pytest.mark.parametrize("content", [b"garbage" * 10, b""], ids=["garbage", "empty"])
 def test_a_bundle_with_a_damaged_onnx_file_is_one_line(onnx_bundle, face_png, tmp_path,
                                                        content, monkeypatch, capsys):
-    from ferens.data import file_sha256
+    from ferens.data.fer2013 import file_sha256
 
     damaged = tmp_path / "b.ferens"
     shutil.copytree(onnx_bundle, damaged)
@@ -236,7 +232,7 @@ def test_a_batch_size_of_zero_is_one_line(bundle, face_png, tmp_path, monkeypatc
 @pytest.mark.parametrize("where", ["is a file", "is under a file"])
 def test_an_out_that_is_a_file_is_one_line(member, bundle, face_png, tmp_path, command, where,
                                           monkeypatch, capsys):
-    from test_ensemble import complementary_members
+    from helpers import complementary_members
 
     blocker = tmp_path / "notes.txt"
     blocker.write_text("the user's file")
@@ -290,7 +286,7 @@ def test_predict_never_deletes_a_users_file_inside_its_subfolders(bundle, face_p
 
 def _rewrite_member_file(bundle: Path, name: str, content: bytes) -> None:
     """Replace a member file and its checksum, as a tamperer who knows the format would."""
-    from ferens.data import file_sha256
+    from ferens.data.fer2013 import file_sha256
 
     path = bundle / "members" / "0" / name
     path.write_bytes(content)
@@ -302,7 +298,7 @@ def test_a_member_declaring_a_huge_model_in_range_is_refused_before_building_it(
                                                                                monkeypatch):
     import torch
 
-    import ferens.inference as inference
+    import ferens.models.inference as inference
 
     config = json.loads((bundle / "members" / "0" / "config.json").read_text())
     _rewrite_member_file(bundle, "config.json", json.dumps(

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import fer_rows, write_fer_csv
 
-from ferens.data import FERPLUS_TO_FER, FERPLUS_VOTES
+from ferens.data.fer2013 import FERPLUS_TO_FER, FERPLUS_VOTES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "transfer_demo.py"
 

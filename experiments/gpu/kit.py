@@ -297,7 +297,7 @@ def rebuild(dest: Path, out_csv: Path, check_ferens: bool = True) -> dict:
     report = {"rows": len(labels), "csv": str(out_csv), "csv_sha256": sha256_bytes(text),
               **{k: manifest[k] for k in ("images_sha256", "labels_sha256", "usage_sha256")}}
     if check_ferens:
-        from ferens.data import load_fer2013
+        from ferens.data.fer2013 import load_fer2013
 
         ds = load_fer2013(out_csv)
         check_hashes(manifest, ds.images, ds.labels, ds.usage, f"{out_csv} read by ferens")
@@ -362,7 +362,8 @@ def check_env(need_cuda: bool) -> int:
             problems.append("torch sees no CUDA device")
     except Exception as exc:  # what matters is that it is said, whatever it is
         problems.append(f"import torch: {type(exc).__name__}: {exc}")
-    for module in ("ferens.train", "ferens.study", "ferens.cli", "ferens.torch_augment"):
+    for module in ("ferens.train.member", "ferens.study.local", "ferens.cli",
+                   "ferens.data.torch_augment"):
         try:
             importlib.import_module(module)
         except Exception as exc:

@@ -260,7 +260,7 @@ def fetch_wheels(cache: Path) -> list[Path]:
 def load_data(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
     """(images, labels, usage codes, sha256 of the CSV text when it is the canonical text)."""
     sys.path.insert(0, str(REPO))
-    from ferens.data import _read_bytes, load_fer2013
+    from ferens.data.fer2013 import _read_bytes, load_fer2013
 
     ds = load_fer2013(path, cache=False)
     codes = kit.usage_codes(ds.usage)

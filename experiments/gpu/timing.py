@@ -45,7 +45,7 @@ from ferens.errors import FerensError  # noqa: E402
 STEPS = 20         # timed steps per member, after WARMUP
 WARMUP = 5
 LOADER_SECONDS = 4.0  # wall time spent reading batches per loader setting
-STARTUP_CODE = ("import time, sys; t = time.perf_counter(); import torch, ferens.train; "
+STARTUP_CODE = ("import time, sys; t = time.perf_counter(); import torch, ferens.train.member; "
                 "torch.zeros(1, device=sys.argv[1]).sum().item(); "
                 "print(time.perf_counter() - t)")
 
@@ -80,7 +80,7 @@ def _batches(loader, cfg, needed: int) -> list:
 def step_seconds(parts, cfg, loader, sync_each: bool, steps: int = STEPS) -> float:
     """Seconds per training step over ``steps`` steps after WARMUP, synchronising after every
     step or once at the end."""
-    from ferens.train import train_step
+    from ferens.train.member import train_step
 
     parts.model.train()
     warmup = min(WARMUP, steps)
@@ -100,7 +100,7 @@ def step_seconds(parts, cfg, loader, sync_each: bool, steps: int = STEPS) -> flo
 def loader_rate(images, labels, cfg, device, workers: int) -> dict:
     """Images/s of the albumentations loader with ``workers`` processes (time to the first
     batch apart), or the torch recipe's gather + augmentation on the device (workers -1)."""
-    from ferens.loader import DeviceLoader, TrainLoader
+    from ferens.data.loader import DeviceLoader, TrainLoader
 
     row = {"workers": workers}
     try:
@@ -137,9 +137,9 @@ def member_costs(cfg, splits, device, real_epoch: bool, steps: int = STEPS) -> d
     import torch
     from safetensors.torch import save_file
 
-    from ferens.loader import make_loader
-    from ferens.models import count_parameters
-    from ferens.train import (
+    from ferens.data.loader import make_loader
+    from ferens.models.factory import count_parameters
+    from ferens.train.member import (
         TrainingState,
         _state_dict,
         build_parts,
@@ -224,10 +224,10 @@ def measure(study_path: Path, names: list[str] | None = None,
     began = time.perf_counter()
     import torch
 
-    from ferens.inference import configure_threads, select_device
+    from ferens.models.inference import configure_threads, select_device
     from ferens.provenance import library_versions
-    from ferens.study import load_study
-    from ferens.train import checkpoint_interval, load_splits
+    from ferens.study.local import load_study
+    from ferens.train.member import checkpoint_interval, load_splits
 
     study = load_study(study_path)
     members = [m for m in study.members if not names or m.name in names]
