@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.special import log_softmax, softmax
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
@@ -252,6 +253,15 @@ def load_predictions(path: str | Path) -> Predictions:
                           f"{len(labels)} file names")
     return Predictions(logits.astype(np.float32), labels.astype(np.int64),
                        row_ids.astype(np.int64), names, files)
+
+
+def row_positions(row_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The one row join: the position in ``row_ids`` of each id in ``wanted``, -1 where absent
+    (``pandas.Index.get_indexer``). ``row_ids`` must be unique."""
+    index = pd.Index(np.asarray(row_ids, dtype=np.int64))
+    if not index.is_unique:
+        raise FerensError("row ids contain duplicates")
+    return index.get_indexer(np.asarray(wanted, dtype=np.int64))
 
 
 def split_metrics(preds: Predictions) -> dict:

@@ -35,6 +35,7 @@ from ferens.runs import (
     label_set,
     load_predictions,
     load_run,
+    row_positions,
     run_names,
     save_predictions,
     split_metrics,
@@ -108,8 +109,7 @@ def _aligned(preds: Predictions, ref: Predictions, who: str, split: str) -> Pred
             raise FerensError(
                 f"member {who}: {split} row ids differ from the first member "
                 f"({len(extra)} extra, {len(missing)} missing, e.g. row id {example})")
-        sorter = np.argsort(preds.row_ids)
-        order = sorter[np.searchsorted(preds.row_ids, ref.row_ids, sorter=sorter)]
+        order = row_positions(preds.row_ids, ref.row_ids)
         preds = Predictions(preds.logits[order], preds.labels[order], preds.row_ids[order],
                             preds.class_names, None if preds.files is None else preds.files[order])
     diff = np.flatnonzero(preds.labels != ref.labels)

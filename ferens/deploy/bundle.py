@@ -47,7 +47,7 @@ from ferens.deploy.bundle_format import (
 from ferens.errors import FerensError
 from ferens.models.inference import load_member_model, predict_logits, select_device
 from ferens.outputs import output_folder
-from ferens.runs import Predictions, load_predictions, read_json, write_json
+from ferens.runs import Predictions, load_predictions, read_json, row_positions, write_json
 
 WEIGHTS_FILE = "best.safetensors"
 ONNX_OPSET = 17
@@ -180,11 +180,10 @@ def _test_predictions(run_dir: Path) -> Predictions:
 
 def _aligned_logits(preds: Predictions, want: np.ndarray, where: Path) -> np.ndarray:
     """Saved logits reordered to the row ids `want`."""
-    order = {int(r): i for i, r in enumerate(preds.row_ids)}
-    try:
-        return preds.logits[[order[int(r)] for r in want]].astype(np.float64)
-    except KeyError as exc:
-        raise FerensError(f"{where}: test predictions lack row id {exc}") from None
+    order = row_positions(preds.row_ids, want)
+    if (order < 0).any():
+        raise FerensError(f"{where}: test predictions lack row id {int(want[order < 0][0])}")
+    return preds.logits[order].astype(np.float64)
 
 
 def _verify(run_dir: Path, combiner: dict, member_dirs: list[Path]) -> float:

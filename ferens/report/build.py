@@ -21,7 +21,7 @@ from ferens.classes import CLASS_NAMES
 from ferens.errors import FerensError
 from ferens.outputs import check_replaceable, output_folder
 from ferens.report.comparisons import adjustment_pairs, describe_group
-from ferens.report.duplicates import dataset_positions, duplicate_analysis, label_mismatch
+from ferens.report.duplicates import duplicate_analysis, label_mismatch
 from ferens.report.groups import find_groups
 from ferens.report.leaderboard import check_sort, leaderboard
 from ferens.report.metrics import (
@@ -45,7 +45,7 @@ from ferens.report.taxonomy import (
     ferplus_analysis,
     pair_examples,
 )
-from ferens.runs import Predictions, Run, load_run, run_names, write_json
+from ferens.runs import Predictions, Run, load_run, row_positions, run_names, write_json
 
 SPLITS = ("test", "val")
 TOP_RUNS = 6
@@ -230,7 +230,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path, ferplus: Path | No
 def thumbnail_lookup(dataset):
     """A function mapping row ids to their 48x48 images in `dataset` (white if missing)."""
     def images(row_ids: list[int]) -> np.ndarray:
-        pos = dataset_positions(dataset.row_ids, np.asarray(row_ids, dtype=np.int64))
+        pos = row_positions(dataset.row_ids, np.asarray(row_ids, dtype=np.int64))
         faces = dataset.images[np.maximum(pos, 0)].copy()
         faces[pos < 0] = 255
         return faces

@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from ferens.runs import Predictions
+from ferens.runs import Predictions, row_positions
 
 TRAIN_USAGE = "Training"
 SUBSETS = ("leaked", "leaked_same_label", "conflicting", "duplicated", "rest")
@@ -44,16 +44,6 @@ def duplicate_flags(group: np.ndarray, labels: np.ndarray,
     }
 
 
-def dataset_positions(dataset_row_ids: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
-    """Position of each row id in the dataset, -1 where the dataset lacks it."""
-    if not len(dataset_row_ids):
-        return np.full(len(row_ids), -1, dtype=np.int64)
-    sorter = np.argsort(dataset_row_ids, kind="stable")
-    idx = np.minimum(np.searchsorted(dataset_row_ids, row_ids, sorter=sorter), len(sorter) - 1)
-    pos = sorter[idx]
-    return np.where(dataset_row_ids[pos] == row_ids, pos, -1)
-
-
 def duplicate_analysis(dataset, preds: list[Predictions], names: list[str],
                        max_groups: int = 20) -> dict:
     """Duplicate counts on the evaluated rows and each run's accuracy on them vs the rest."""
@@ -61,13 +51,13 @@ def duplicate_analysis(dataset, preds: list[Predictions], names: list[str],
     flags = duplicate_flags(group, dataset.labels, dataset.usage)
     accuracy, counts = {}, {}
     for name, p in zip(names, preds, strict=True):
-        pos = dataset_positions(dataset.row_ids, p.row_ids)
+        pos = row_positions(dataset.row_ids, p.row_ids)
         known = pos >= 0
         correct = (p.predicted == p.labels)[known]
         subset = {s: flags[s][pos[known]] for s in SUBSETS}
         accuracy[name] = {s: _acc(correct[m]) for s, m in subset.items()}
         counts[name] = {s: int(m.sum()) for s, m in subset.items()}
-    first = dataset_positions(dataset.row_ids, preds[0].row_ids)
+    first = row_positions(dataset.row_ids, preds[0].row_ids)
     first = first[first >= 0]
     conflicted = np.unique(group[first][flags["conflicting"][first]])
     return {
@@ -82,7 +72,7 @@ def duplicate_analysis(dataset, preds: list[Predictions], names: list[str],
 
 def label_mismatch(dataset, preds: Predictions) -> tuple[int, float]:
     """How many prediction rows are missing from the dataset or carry another label there."""
-    pos = dataset_positions(dataset.row_ids, preds.row_ids)
+    pos = row_positions(dataset.row_ids, preds.row_ids)
     bad = (pos < 0) | (dataset.labels[np.maximum(pos, 0)] != preds.labels)
     return int(bad.sum()), float(bad.mean()) if len(bad) else 0.0
 

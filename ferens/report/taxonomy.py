@@ -9,7 +9,7 @@ import pandas as pd
 
 from ferens.errors import FerensError
 from ferens.report.significance import ALPHA, add_q_values, mcnemar
-from ferens.runs import Predictions
+from ferens.runs import Predictions, row_positions
 
 FERPLUS_CATEGORIES = ("label_noise", "genuine_error", "ambiguous", "not_a_face_unknown", "other")
 FERPLUS_RULES = (
@@ -126,7 +126,7 @@ def common_rows(preds: list[Predictions]) -> tuple[np.ndarray, list[np.ndarray]]
     common = preds[0].row_ids
     for p in preds[1:]:
         common = np.intersect1d(common, p.row_ids)
-    positions = [_positions(p.row_ids, common) for p in preds]
+    positions = [row_positions(p.row_ids, common) for p in preds]
     same = np.ones(len(common), dtype=bool)
     for p, pos in zip(preds[1:], positions[1:], strict=True):
         same &= p.labels[pos] == preds[0].labels[positions[0]]
@@ -204,7 +204,3 @@ def ferplus_analysis(preds: Predictions, reference: FerPlusReference) -> dict:
 def _mean(mask: np.ndarray) -> float:
     return float(mask.mean()) if len(mask) else float("nan")
 
-
-def _positions(row_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    sorter = np.argsort(row_ids, kind="stable")
-    return sorter[np.searchsorted(row_ids, wanted, sorter=sorter)]

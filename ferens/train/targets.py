@@ -50,19 +50,18 @@ def teacher_probabilities(teacher: str | Path, train: FerDataset,
     ``predictions/train.npz`` (a member or an ensemble; no weights needed)."""
     from scipy.special import softmax
 
-    from ferens.runs import load_predictions
+    from ferens.runs import load_predictions, row_positions
 
     path = Path(teacher) / "predictions" / "train.npz"
     if not path.is_file():
         raise FerensError(f"{teacher}: the teacher has no predictions/train.npz (members "
                           "trained with engine 2 save it; ensembles of such members too)")
     preds = load_predictions(path)
-    position = {int(r): i for i, r in enumerate(preds.row_ids)}
-    missing = [int(r) for r in train.row_ids if int(r) not in position]
-    if missing:
-        raise FerensError(f"{path}: has no prediction for training row {missing[0]} "
+    rows = row_positions(preds.row_ids, train.row_ids)
+    missing = train.row_ids[rows < 0]
+    if len(missing):
+        raise FerensError(f"{path}: has no prediction for training row {int(missing[0])} "
                           f"({len(missing)} rows missing)")
-    rows = np.array([position[int(r)] for r in train.row_ids])
     if not np.array_equal(preds.labels[rows], train.labels):
         raise FerensError(f"{path}: its labels differ from the training data's (another "
                           "dataset or label set?)")
