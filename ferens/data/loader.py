@@ -129,6 +129,10 @@ class TrainLoader:
                 num_workers=workers, pin_memory=device.type == "cuda",
                 persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                 worker_init_fn=_quiet_worker if workers else None,
+                # workers start from a fresh forkserver process, not a fork of this one: a fork
+                # of a process whose OpenCV thread pool has run (face detection, any cv2 call
+                # before training) hangs in its first cv2 call
+                multiprocessing_context="forkserver" if workers else None,
                 generator=torch.Generator())  # leaves the global torch stream (dropout) alone
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -199,3 +199,33 @@ def test_a_torch_recipe_needs_engine_2_and_no_albumentations_override():
         TrainConfig(augment="torch-strong", engine=1)
     with pytest.raises(FerensError, match="needs engine=2 and no augment_override"):
         TrainConfig(augment="torch-light", augment_override={"transform": {}})
+
+
+FORK_AFTER_OPENCV = """
+import sys
+import cv2
+import numpy as np
+from ferens.config import TrainConfig
+from ferens.train.member import train_member
+
+cv2.setNumThreads(2)  # OpenCV's thread pool runs in this process before training starts
+image = np.random.default_rng(0).integers(0, 255, (1500, 1500), dtype=np.uint8)
+for _ in range(3):
+    cv2.GaussianBlur(image, (31, 31), 0)
+train_member(TrainConfig(name="m", out_dir=sys.argv[2], data=sys.argv[1], width=0.25, epochs=1,
+                         batch_size=16, threads=1, augment="strong", workers=2),
+             show_progress=False)
+print("trained")
+"""
+
+
+def test_loader_workers_start_after_opencv_has_run_threads(small_csv, tmp_path):
+    """A notebook that found faces (OpenCV's thread pool) and then trains with workers: forked
+    workers would hang in their first cv2 call; they must train."""
+    try:
+        done = subprocess.run([sys.executable, "-c", FORK_AFTER_OPENCV, str(small_csv),
+                               str(tmp_path / "runs")], capture_output=True, text=True,
+                              timeout=180, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("training with loader workers hung after OpenCV had run its thread pool")
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
