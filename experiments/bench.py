@@ -308,7 +308,8 @@ def bench_predict(repeats: int, rows: list) -> None:
     import torch
 
     from ferens.data.fer2013 import load_fer2013
-    from ferens.deploy.bundle import export_bundle, load_bundle
+    from ferens.deploy.bundle import load_bundle
+    from ferens.deploy.export import export_bundle
     from ferens.deploy.predict import measure_throughput, save_face_crops
 
     threads = os.cpu_count() or 1
@@ -359,7 +360,8 @@ def _with_onnx(bundle_dir: Path, folder: Path) -> Path:
     import torch
 
     from ferens.data.fer2013 import file_sha256
-    from ferens.deploy.bundle import export_onnx, load_bundle
+    from ferens.deploy.bundle import load_bundle
+    from ferens.deploy.export import export_onnx
     from ferens.runs import read_json, write_json
 
     copy = Path(shutil.copytree(bundle_dir, folder / "onnx.ferens"))

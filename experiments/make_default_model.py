@@ -17,8 +17,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ferens.deploy.bundle import export_bundle, load_bundle
+from ferens.deploy.bundle import load_bundle
 from ferens.deploy.evaluate import evaluate_bundle
+from ferens.deploy.export import export_bundle
 from ferens.deploy.shipped import SHIPPED_BUNDLE
 from ferens.outputs import swap_into_place
 from ferens.runs import read_json, write_json

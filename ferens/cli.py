@@ -235,7 +235,7 @@ def export_cmd(
     half: bool = typer.Option(False, "--half", help="Store the weights as float16 (half size)."),
 ) -> None:
     """Pack a member, ensemble or adjusted run into a self-contained bundle (safetensors + JSON)."""
-    from ferens.deploy.bundle import export_bundle
+    from ferens.deploy.export import export_bundle
     from ferens.runs import read_json
 
     path = export_bundle(run, out, onnx=onnx, half=half)

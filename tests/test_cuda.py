@@ -47,7 +47,8 @@ def test_a_bf16_member_trains_and_resumes_on_cuda(small_csv, tmp_path, monkeypat
 
 def test_a_cuda_member_bundle_predicts_alike_on_cpu_cuda_and_onnx(small_csv, tmp_path):
     from ferens.data.fer2013 import load_fer2013
-    from ferens.deploy.bundle import export_bundle, load_bundle
+    from ferens.deploy.bundle import load_bundle
+    from ferens.deploy.export import export_bundle
     from ferens.train.member import train_member
 
     cfg = _config(small_csv, tmp_path, epochs=1)

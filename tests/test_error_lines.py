@@ -19,7 +19,7 @@ from trained_helpers import _predict, tiny_member_on_its_own_csv
 
 from ferens import outputs
 from ferens.data.fer2013 import load_fer2013
-from ferens.deploy.bundle import export_bundle
+from ferens.deploy.export import export_bundle
 from ferens.errors import FerensError
 
 WRITING_COMMANDS = ("ensemble", "adjust", "report", "export", "predict", "evaluate", "study",

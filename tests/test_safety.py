@@ -14,7 +14,8 @@ import pytest
 from conftest import run_cli
 from trained_helpers import _predict, astronaut_bgr, tiny_member_on_its_own_csv
 
-from ferens.deploy.bundle import export_bundle, load_bundle
+from ferens.deploy.bundle import load_bundle
+from ferens.deploy.export import export_bundle
 from ferens.deploy.predict import predict_images
 from ferens.errors import FerensError
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import fer_rows, write_fer_csv
 
 from ferens.config import TrainConfig
-from ferens.deploy.bundle import export_bundle
+from ferens.deploy.export import export_bundle
 from ferens.train.member import train_member
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/fer2013/fer2013.csv.gz"

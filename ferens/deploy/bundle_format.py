@@ -1,7 +1,8 @@
 """What a bundle folder holds on disk, and whether a folder is one (no torch needed).
 
-``ferens.deploy.bundle`` writes and loads bundles; ``ferens.outputs`` asks `is_own_bundle` before an
-export replaces a folder. Keeping the layout here lets both use it without importing each other.
+``ferens.deploy.export`` writes bundles and ``ferens.deploy.bundle`` loads them; ``ferens.outputs``
+asks `is_own_bundle` before an export replaces a folder. Keeping the layout here lets them all use
+it without importing each other.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from ferens.classes import CLASS_NAMES
 from ferens.combine.adjust import adjust_run
 from ferens.combine.ensemble import METHODS, build_ensemble
 from ferens.data.fer2013 import load_fer2013
-from ferens.deploy.bundle import FORMAT_VERSION, export_bundle, load_bundle
+from ferens.deploy.bundle import FORMAT_VERSION, load_bundle
+from ferens.deploy.export import export_bundle
 from ferens.deploy.faces import face_detector, haar_available, mtcnn_available
 from ferens.deploy.predict import predict_images, save_face_crops
 from ferens.errors import FerensError

@@ -161,8 +161,8 @@ def test_a_bad_config_value_is_one_line_and_exit_2(monkeypatch, capsys, bad, mes
 
 
 def test_bundles_predict_and_export_do_not_import_the_training_loop():
-    code = ("import sys, ferens.deploy.bundle, ferens.deploy.predict, ferens.models.inference, "
-            "ferens.cli; "
+    code = ("import sys, ferens.deploy.bundle, ferens.deploy.export, ferens.deploy.predict, "
+            "ferens.models.inference, ferens.cli; "
             "assert 'ferens.train.member' not in sys.modules, 'imported ferens.train.member'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
