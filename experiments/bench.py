@@ -395,7 +395,8 @@ def bench_default_model(repeats: int, rows: list) -> None:
 
     from ferens.data.fer2013 import load_fer2013
     from ferens.deploy.bundle import load_bundle
-    from ferens.deploy.faces import default_detector, haar_available
+    from ferens.deploy.face_cascades import haar_available
+    from ferens.deploy.faces import default_detector
     from ferens.deploy.predict import measure_throughput, predict_images
     from ferens.deploy.shipped import default_model_path
     from ferens.models.inference import tta_views

@@ -251,7 +251,8 @@ def _setup():
 
 
 def _detectors(names=None) -> list[str]:
-    from ferens.deploy.faces import haar_available, mtcnn_available
+    from ferens.deploy.face_cascades import haar_available
+    from ferens.deploy.face_mtcnn import mtcnn_available
 
     have = ["haar"] if haar_available() else []
     have += ["lbp"] + (["mtcnn"] if mtcnn_available() else [])
@@ -261,7 +262,8 @@ def _detectors(names=None) -> list[str]:
 # --- fit -------------------------------------------------------------------------------------
 
 def fit(ns) -> list[str]:
-    from ferens.deploy.faces import CROP_RULES, CropRule, crop_face, face_detector
+    from ferens.deploy.face_crops import CROP_RULES, CropRule, crop_face
+    from ferens.deploy.faces import face_detector
 
     ds, bundle = _setup()
     val = ds.split("val")
@@ -323,7 +325,8 @@ def fit(ns) -> list[str]:
 def mtcnn_sweep(val, n: int) -> list[str]:
     """MTCNN's found / false positives / CPU on all five variants (other PublicTest faces) by
     --min-face, the first two stages' thresholds and --confidence."""
-    from ferens.deploy.faces import CROP_RULES, Mtcnn
+    from ferens.deploy.face_crops import CROP_RULES
+    from ferens.deploy.face_mtcnn import Mtcnn
 
     start = 3 * n  # after the faces the rules were fitted on
     canvases = []
@@ -394,7 +397,8 @@ def timed(finder):
 
 def bench(ns) -> list[str]:
     from ferens.classes import CLASS_NAMES
-    from ferens.deploy.faces import CropRule, default_detector, face_detector
+    from ferens.deploy.face_crops import CropRule
+    from ferens.deploy.faces import default_detector, face_detector
     from ferens.deploy.predict import predict_images
 
     ds, bundle = _setup()
@@ -499,7 +503,7 @@ def bench(ns) -> list[str]:
 
 
 def bundle_crop(gray: np.ndarray, box: tuple) -> np.ndarray:
-    from ferens.deploy.faces import CropRule, crop_face
+    from ferens.deploy.face_crops import CropRule, crop_face
 
     return crop_face(gray, box, CropRule(1.0))
 

@@ -184,7 +184,7 @@ def _read_face(path: Path) -> np.ndarray:
     """One face as 48x48 uint8 gray (colour converted, other sizes resized)."""
     from PIL import Image
 
-    from ferens.deploy.faces import to_face
+    from ferens.deploy.face_crops import to_face
 
     try:
         with open_regular(path) as fh, Image.open(fh) as im:

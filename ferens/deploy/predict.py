@@ -36,7 +36,9 @@ import numpy as np
 import pandas as pd
 
 from ferens.deploy.bundle import BACKENDS, Bundle
-from ferens.deploy.faces import MTCNN_HINT, Box, FaceDetector, crop_face, face_detector, to_face
+from ferens.deploy.face_crops import Box, crop_face, to_face
+from ferens.deploy.face_mtcnn import MTCNN_HINT
+from ferens.deploy.faces import FaceDetector, face_detector
 from ferens.errors import FerensError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",

