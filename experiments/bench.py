@@ -310,7 +310,8 @@ def bench_predict(repeats: int, rows: list) -> None:
     from ferens.data.fer2013 import load_fer2013
     from ferens.deploy.bundle import load_bundle
     from ferens.deploy.export import export_bundle
-    from ferens.deploy.predict import measure_throughput, save_face_crops
+    from ferens.deploy.predict import measure_throughput
+    from ferens.deploy.writers import save_face_crops
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)

@@ -277,13 +277,9 @@ def predict_cmd(
 ) -> None:
     """Find faces in images and videos; write one row per face (box, class probabilities, top
     class), a summary and a timeline plot per video."""
-    from ferens.deploy.predict import (
-        check_some_input_read,
-        format_summary,
-        predict_images,
-        write_predictions,
-    )
+    from ferens.deploy.predict import check_some_input_read, predict_images
     from ferens.deploy.shipped import load_model
+    from ferens.deploy.writers import format_summary, write_predictions
     from ferens.models.inference import configure_threads
     from ferens.outputs import check_replaceable, output_folder
 

@@ -23,7 +23,8 @@ from ferens.deploy.export import export_bundle
 from ferens.deploy.face_cascades import haar_available
 from ferens.deploy.face_mtcnn import mtcnn_available
 from ferens.deploy.faces import face_detector
-from ferens.deploy.predict import predict_images, save_face_crops
+from ferens.deploy.predict import predict_images
+from ferens.deploy.writers import save_face_crops
 from ferens.errors import FerensError
 from ferens.runs import load_predictions, load_run, save_predictions
 
