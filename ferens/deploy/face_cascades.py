@@ -55,28 +55,14 @@ def lbp_finder(min_face: int) -> Callable[[np.ndarray], list[Box]]:
                                          step_ratio=1, min_size=(side, side),
                                          max_size=gray.shape, min_neighbor_number=0,
                                          intersection_score_threshold=1.0)
-        boxes = np.array([(d["c"], d["r"], d["width"], d["height"]) for d in raw]).reshape(-1, 4)
-        return group_boxes(boxes, LBP_NEIGHBOURS)
+        hits = [[int(d["c"]), int(d["r"]), int(d["width"]), int(d["height"])] for d in raw]
+        return group_boxes(hits, LBP_NEIGHBOURS)
     return find
 
 
-def group_boxes(boxes: np.ndarray, min_neighbours: int, eps: float = 0.2) -> list[Box]:
-    """OpenCV's groupRectangles: cluster similar raw hits, keep clusters of more than
-    `min_neighbours`, return each cluster's mean box (what detectMultiScale does)."""
-    from scipy.sparse.csgraph import connected_components
-
-    if len(boxes) == 0:
-        return []
-    x, y, w, h = boxes.T.astype(np.float64)
-    delta = eps * (np.minimum.outer(w, w) + np.minimum.outer(h, h)) / 2
-    similar = ((np.abs(np.subtract.outer(x, x)) <= delta)
-               & (np.abs(np.subtract.outer(y, y)) <= delta)
-               & (np.abs(np.subtract.outer(x + w, x + w)) <= delta)
-               & (np.abs(np.subtract.outer(y + h, y + h)) <= delta))
-    _, labels = connected_components(similar, directed=False)
-    out = []
-    for label in np.unique(labels):
-        members = boxes[labels == label]
-        if len(members) > min_neighbours:
-            out.append(tuple(int(round(v)) for v in members.mean(axis=0)))
-    return out
+def group_boxes(hits: list[list[int]], min_neighbours: int, eps: float = 0.2) -> list[Box]:
+    """Raw hits (x, y, w, h) grouped as detectMultiScale groups them, by OpenCV's own
+    cv2.groupRectangles: clusters of similar hits with more than ``min_neighbours`` members,
+    each as its mean box (a cluster inside a larger, stronger one is dropped too)."""
+    rects, _ = cv2.groupRectangles(hits, min_neighbours, eps)
+    return [tuple(int(v) for v in r) for r in rects]
