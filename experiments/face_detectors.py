@@ -316,7 +316,7 @@ def fit(ns) -> list[str]:
                      f"{np.percentile(scale, 75):.3f}) | {rule.dx:+.3f}, {rule.dy:+.3f} | "
                      f"{100 * acc(crops_old):.1f}% | {100 * acc(crops_fit):.1f}% | "
                      f"{100 * acc(crops_true):.1f}% |")
-        print(lines[-1], f"(ferens.deploy.faces has {shipped})", flush=True)
+        print(lines[-1], f"(ferens.deploy.face_crops has {shipped})", flush=True)
     if "mtcnn" in _detectors(ns.detectors):
         lines += mtcnn_sweep(val, n)
     return lines
