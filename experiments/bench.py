@@ -84,7 +84,7 @@ def ferens_epoch_rate(model_name: str, width: float, batch: int, steps: int, thr
 
     from ferens.data.fer2013 import load_fer2013
     from ferens.data.loader import TrainLoader
-    from ferens.train.member import build_parts, train_one_epoch
+    from ferens.train.loop import build_parts, train_one_epoch
 
     torch.set_num_threads(threads)
     cfg = _bench_config(model_name, width, batch, threads, engine, workers, augment)
@@ -520,7 +520,7 @@ def _recipe_parts(ns: argparse.Namespace, rows: int):
     import torch
 
     from ferens.data.fer2013 import load_fer2013
-    from ferens.train.member import build_parts
+    from ferens.train.loop import build_parts
 
     torch.set_num_threads(1)
     cfg = recipe_config(ns)
@@ -540,7 +540,7 @@ def recipe_rate(ns: argparse.Namespace) -> dict:
     import torch
 
     from ferens.data.loader import TrainLoader
-    from ferens.train.member import train_one_epoch
+    from ferens.train.loop import train_one_epoch
 
     warm_rows = 5 * ns.batch
     cfg, train, parts = _recipe_parts(ns, warm_rows + ns.steps * ns.batch)
@@ -562,7 +562,7 @@ def recipe_logits(ns: argparse.Namespace) -> dict:
     from ferens.data.fer2013 import load_fer2013
     from ferens.data.loader import TrainLoader
     from ferens.models.inference import predict_logits
-    from ferens.train.member import train_one_epoch
+    from ferens.train.loop import train_one_epoch
 
     cfg, train, parts = _recipe_parts(ns, ns.steps * 64)
     cpu = torch.device("cpu")
