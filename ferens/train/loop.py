@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from timm.optim import create_optimizer_v2
 from torch import nn
 
 from ferens.classes import NUM_CLASSES
@@ -36,11 +37,17 @@ TTA_VIEWS = {"none": 1, "flip": 2, "shift": 10, "tencrop": 10}
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD; weight decay on weights only; the backbone at ``backbone_lr_scale`` x lr."""
-    groups = parameter_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    """AdamW, or SGD with Nesterov momentum (timm's ``sgd``), from timm's optimizer factory;
+    weight decay on weights only; the backbone at ``backbone_lr_scale`` x lr.
+
+    The groups are ferens' own (`parameter_groups`), passed as ``param_group_fn``: timm's
+    default grouping puts the no-decay group first and, at weight decay 0, makes one group, so
+    a checkpoint's optimizer state (saved by group) would not load into it, and its layer
+    groups carry an ``lr_scale`` that only timm's schedulers read."""
+    return create_optimizer_v2(
+        model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+        param_group_fn=lambda m: parameter_groups(m, cfg.lr, cfg.weight_decay,
+                                                  cfg.backbone_lr_scale))
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int,
