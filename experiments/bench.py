@@ -83,7 +83,7 @@ def ferens_epoch_rate(model_name: str, width: float, batch: int, steps: int, thr
     import torch
 
     from ferens.data.fer2013 import load_fer2013
-    from ferens.data.loader import TrainLoader
+    from ferens.data.loader import make_loader
     from ferens.train.loop import build_parts, train_one_epoch
 
     torch.set_num_threads(threads)
@@ -92,9 +92,9 @@ def ferens_epoch_rate(model_name: str, width: float, batch: int, steps: int, thr
     cpu = torch.device("cpu")
     parts = build_parts(cfg, train.subset(np.arange((steps + 3) * batch)), cpu)
     warm = train.subset(np.arange(3 * batch))
-    train_one_epoch(parts, TrainLoader(warm.images, warm.labels, cfg, cpu), cfg, 1, False)
+    train_one_epoch(parts, make_loader(warm.images, warm.labels, cfg, cpu), cfg, 1, False)
     rest = train.subset(np.arange(3 * batch, (steps + 3) * batch))
-    loader = TrainLoader(rest.images, rest.labels, cfg, cpu)
+    loader = make_loader(rest.images, rest.labels, cfg, cpu)
     return train_one_epoch(parts, loader, cfg, 2, False)["images_per_second"]
 
 

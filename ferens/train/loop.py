@@ -20,7 +20,7 @@ from torch import nn
 from ferens.classes import NUM_CLASSES
 from ferens.config import TTA, TrainConfig
 from ferens.data.fer2013 import FerDataset
-from ferens.data.loader import DeviceLoader, TrainLoader, epoch_seed, sample_seed
+from ferens.data.loader import Loader, epoch_seed, sample_seed
 from ferens.models.factory import create_member_model
 from ferens.models.inference import autocast, predict_logits, resolve_precision, to_tensor
 from ferens.runs import Predictions, split_metrics
@@ -204,7 +204,7 @@ def train_step(parts: TrainingParts, cfg: TrainConfig, epoch: int, images: torch
     return loss, logits, y
 
 
-def train_one_epoch(parts: TrainingParts, loader: TrainLoader | DeviceLoader, cfg: TrainConfig,
+def train_one_epoch(parts: TrainingParts, loader: Loader, cfg: TrainConfig,
                     epoch: int, show_progress: bool = True) -> dict:
     """One pass over the deterministic (seed, epoch) order of the training set.
 
@@ -231,6 +231,22 @@ def train_one_epoch(parts: TrainingParts, loader: TrainLoader | DeviceLoader, cf
     seconds = time.perf_counter() - start
     return {"train_loss": total_loss.item() / seen, "train_accuracy": correct.item() / seen,
             "seconds": seconds, "images_per_second": seen / seconds}
+
+
+# What engine 1 (the v1 loop of results/study) does differently, all in one place: its
+# training stream (`ferens.data.loader.make_loader` picks the loader once), the TTA the best
+# epoch is chosen with, and what the finished run predicts and scores. The step and the epoch
+# loop read no engine.
+
+
+def saved_splits(cfg: TrainConfig) -> tuple[str, ...]:
+    """The splits a finished member saves predictions of: engine 2 adds train (a teacher's)."""
+    return ("val", "test", "train") if cfg.engine >= 2 else ("val", "test")
+
+
+def scores_every_tta(cfg: TrainConfig) -> bool:
+    """Whether summary.json gets ``tta_accuracy`` (every TTA mode on val and test): engine 2."""
+    return cfg.engine >= 2
 
 
 def selection_tta(cfg: TrainConfig) -> str:

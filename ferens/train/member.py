@@ -56,6 +56,8 @@ from ferens.train.loop import (
     TrainingParts,
     build_parts,
     evaluate,
+    saved_splits,
+    scores_every_tta,
     selection_tta,
     train_one_epoch,
     tta_modes,
@@ -183,9 +185,9 @@ def finish_seconds(cfg: TrainConfig, splits: dict, val_seconds: float) -> float:
     configured TTA, and the accuracy of every other TTA mode on val and test), from the cost
     per view of the last validation pass."""
     per_view = val_seconds / max(1, len(splits["val"]) * TTA_VIEWS[selection_tta(cfg)])
-    saved = ("val", "test", "train") if cfg.engine >= 2 else ("val", "test")
+    saved = saved_splits(cfg)
     views = sum(len(splits[s]) for s in saved) * TTA_VIEWS[cfg.tta]
-    if cfg.engine >= 2:
+    if scores_every_tta(cfg):
         views += sum(TTA_VIEWS[m] for m in tta_modes(cfg) if m != cfg.tta) * (
             len(splits["val"]) + len(splits["test"]))
     return FINISH_MARGIN * per_view * views + 1.0
@@ -287,7 +289,7 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool, name_from
             break
     _say(show_progress, ("stopped by the deadline" if state.stopped_by_deadline else
                          "training done") + ": predicting "
-         f"{'val, test and train' if cfg.engine >= 2 else 'val and test'} with the best epoch "
+         f"{', '.join(saved_splits(cfg)[:-1])} and {saved_splits(cfg)[-1]} with the best epoch "
          f"({state.best_epoch}, tta {cfg.tta}) and scoring every TTA mode for summary.json")
     return finish_run(run_dir, cfg, parts, splits, state, threads)
 
@@ -328,7 +330,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
         return split_metrics(Predictions(logits, part.labels, part.row_ids,
                                          cfg.class_names))["accuracy"]
 
-    saved = ("val", "test", "train") if cfg.engine >= 2 else ("val", "test")
+    saved = saved_splits(cfg)
     for split in saved:
         part = splits[split]
         preds = Predictions(predict_logits(model, part.images, cfg, device,
@@ -337,7 +339,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
         save_predictions(run_dir / "predictions" / f"{split}.npz", preds)
         if split != "train":
             summary[split] = split_metrics(preds)
-    if cfg.engine >= 2:  # the configured mode is what the saved predictions already score
+    if scores_every_tta(cfg):  # the configured mode is what the saved predictions score
         summary["tta_accuracy"] = {
             split: {mode: summary[split]["accuracy"] if mode == cfg.tta
                     else accuracy_with(split, mode) for mode in tta_modes(cfg)}
