@@ -83,8 +83,8 @@ def ferens_epoch_rate(model_name: str, width: float, batch: int, steps: int, thr
     import torch
 
     from ferens.data.fer2013 import load_fer2013
-    from ferens.data.loader import TrainLoader
-    from ferens.train.member import build_parts, train_one_epoch
+    from ferens.data.loader import make_loader
+    from ferens.train.loop import build_parts, train_one_epoch
 
     torch.set_num_threads(threads)
     cfg = _bench_config(model_name, width, batch, threads, engine, workers, augment)
@@ -92,9 +92,9 @@ def ferens_epoch_rate(model_name: str, width: float, batch: int, steps: int, thr
     cpu = torch.device("cpu")
     parts = build_parts(cfg, train.subset(np.arange((steps + 3) * batch)), cpu)
     warm = train.subset(np.arange(3 * batch))
-    train_one_epoch(parts, TrainLoader(warm.images, warm.labels, cfg, cpu), cfg, 1, False)
+    train_one_epoch(parts, make_loader(warm.images, warm.labels, cfg, cpu), cfg, 1, False)
     rest = train.subset(np.arange(3 * batch, (steps + 3) * batch))
-    loader = TrainLoader(rest.images, rest.labels, cfg, cpu)
+    loader = make_loader(rest.images, rest.labels, cfg, cpu)
     return train_one_epoch(parts, loader, cfg, 2, False)["images_per_second"]
 
 
@@ -524,7 +524,7 @@ def _recipe_parts(ns: argparse.Namespace, rows: int):
     import torch
 
     from ferens.data.fer2013 import load_fer2013
-    from ferens.train.member import build_parts
+    from ferens.train.loop import build_parts
 
     torch.set_num_threads(1)
     cfg = recipe_config(ns)
@@ -544,7 +544,7 @@ def recipe_rate(ns: argparse.Namespace) -> dict:
     import torch
 
     from ferens.data.loader import TrainLoader
-    from ferens.train.member import train_one_epoch
+    from ferens.train.loop import train_one_epoch
 
     warm_rows = 5 * ns.batch
     cfg, train, parts = _recipe_parts(ns, warm_rows + ns.steps * ns.batch)
@@ -566,7 +566,7 @@ def recipe_logits(ns: argparse.Namespace) -> dict:
     from ferens.data.fer2013 import load_fer2013
     from ferens.data.loader import TrainLoader
     from ferens.models.inference import predict_logits
-    from ferens.train.member import train_one_epoch
+    from ferens.train.loop import train_one_epoch
 
     cfg, train, parts = _recipe_parts(ns, ns.steps * 64)
     cpu = torch.device("cpu")

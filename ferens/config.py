@@ -95,6 +95,9 @@ class TrainConfig:
 
     model: str = "resnet18"
     stem: str = "default"
+    # --width: multiplies the 4 residual stages' channels (64/128/256/512); a plain ResNet's
+    # stem stays 64 channels (timm's stem_width, which ferens also sets, is read by deep stems
+    # such as resnet18d only). Saved models depend on this: it is documented, not changed.
     width: float = 1.0
     pretrained: str | None = None   # a local weights file, or timm / timm:TAG (timm's own)
     init: str | None = None         # a ferens run, bundle or bundle member (default: shipped)

@@ -84,12 +84,12 @@ def _syncs_per_step(cfg, monkeypatch, epochs: int = 1) -> float:
     """Synchronising CUDA calls per training step, counted by torch's sync debug mode."""
     import warnings
 
-    import ferens.train.member as train_module
+    import ferens.train.loop as loop_module
     from ferens.data.fer2013 import load_fer2013
     from ferens.data.loader import make_loader
-    from ferens.train.member import build_parts, train_one_epoch
+    from ferens.train.loop import build_parts, train_one_epoch
 
-    monkeypatch.setattr(train_module, "PROGRESS_EVERY", 10**9)  # the progress read aside
+    monkeypatch.setattr(loop_module, "PROGRESS_EVERY", 10**9)  # the progress read aside
     train = load_fer2013(cfg.data).split("train")
     device = torch.device("cuda")
     parts = build_parts(cfg, train, device)

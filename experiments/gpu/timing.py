@@ -80,7 +80,7 @@ def _batches(loader, cfg, needed: int) -> list:
 def step_seconds(parts, cfg, loader, sync_each: bool, steps: int = STEPS) -> float:
     """Seconds per training step over ``steps`` steps after WARMUP, synchronising after every
     step or once at the end."""
-    from ferens.train.member import train_step
+    from ferens.train.loop import train_step
 
     parts.model.train()
     warmup = min(WARMUP, steps)
@@ -139,15 +139,9 @@ def member_costs(cfg, splits, device, real_epoch: bool, steps: int = STEPS) -> d
 
     from ferens.data.loader import make_loader
     from ferens.models.factory import count_parameters
-    from ferens.train.member import (
-        TrainingState,
-        _state_dict,
-        build_parts,
-        evaluate,
-        finish_seconds,
-        save_checkpoint,
-        train_one_epoch,
-    )
+    from ferens.train.checkpoint import TrainingState, _state_dict, save_checkpoint
+    from ferens.train.loop import build_parts, evaluate, train_one_epoch
+    from ferens.train.member import finish_seconds
 
     train = splits["train"]
     start = time.perf_counter()
@@ -227,7 +221,8 @@ def measure(study_path: Path, names: list[str] | None = None,
     from ferens.models.inference import configure_threads, select_device
     from ferens.provenance import library_versions
     from ferens.study.local import load_study
-    from ferens.train.member import checkpoint_interval, load_splits
+    from ferens.train.checkpoint import checkpoint_interval
+    from ferens.train.member import load_splits
 
     study = load_study(study_path)
     members = [m for m in study.members if not names or m.name in names]

@@ -10,9 +10,10 @@ the training device (``ferens.models.inference.to_tensor``), as timm's GPU prefe
 images live on the training device and each batch is augmented there in one call
 (``ferens.data.torch_augment``), from the same per-sample seeds.
 
-``engine=1`` configs keep the v1 stream (one albumentations pipeline seeded per epoch and
-consumed in index order, in the training process); it reproduces the members of
-``results/study``.
+``engine=1`` configs keep the v1 stream (:class:`V1Loader`: one albumentations pipeline seeded
+per epoch and consumed in index order, in the training process); it reproduces the members of
+``results/study``. `make_loader` chooses between them once, so the training loop never reads
+the engine.
 """
 
 from __future__ import annotations
@@ -111,35 +112,43 @@ def _quiet_worker(_: int) -> None:
 
 
 class TrainLoader:
-    """Iterate ``loader.epoch(e)`` for the batches of epoch ``e``.
+    """Iterate ``loader.epoch(e)`` for the batches of epoch ``e``: a ``DataLoader`` over
+    :class:`AugmentedBatches` with ``workers`` processes (pinned memory and persistent workers
+    on CUDA). The engine-2 loader; `make_loader` picks it."""
 
-    engine 2: a ``DataLoader`` over :class:`AugmentedBatches` with ``workers`` processes
-    (pinned memory and persistent workers on CUDA). engine 1: the v1 per-epoch stream.
-    """
+    def __init__(self, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
+                 device: torch.device):
+        self.batches = EpochBatches(labels, cfg)
+        workers = cfg.workers
+        self.loader = DataLoader(
+            AugmentedBatches(images, cfg), batch_size=None, sampler=self.batches,
+            num_workers=workers, pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+            worker_init_fn=_quiet_worker if workers else None,
+            # workers start from a fresh forkserver process, not a fork of this one: a fork
+            # of a process whose OpenCV thread pool has run (face detection, any cv2 call
+            # before training) hangs in its first cv2 call
+            multiprocessing_context="forkserver" if workers else None,
+            generator=torch.Generator())  # leaves the global torch stream (dropout) alone
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.batches.epoch = epoch
+        yield from self.loader
+
+
+class V1Loader:
+    """The ``engine = 1`` stream that trained ``results/study``, kept to reproduce it: one
+    albumentations pipeline seeded per epoch and consumed in batch order, in the training
+    process. `make_loader` picks it, so the training loop itself never reads the engine;
+    yields what :class:`TrainLoader` yields."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
                  device: torch.device):
         self.images, self.cfg = images, cfg
         self.batches = EpochBatches(labels, cfg)
-        self.loader = None
-        if cfg.engine >= 2:
-            workers = cfg.workers
-            self.loader = DataLoader(
-                AugmentedBatches(images, cfg), batch_size=None, sampler=self.batches,
-                num_workers=workers, pin_memory=device.type == "cuda",
-                persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                worker_init_fn=_quiet_worker if workers else None,
-                # workers start from a fresh forkserver process, not a fork of this one: a fork
-                # of a process whose OpenCV thread pool has run (face detection, any cv2 call
-                # before training) hangs in its first cv2 call
-                multiprocessing_context="forkserver" if workers else None,
-                generator=torch.Generator())  # leaves the global torch stream (dropout) alone
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.batches.epoch = epoch
-        if self.loader is not None:
-            yield from self.loader
-            return
         cfg = self.cfg
         pipeline = train_pipeline(cfg.augment, cfg.input_size, cfg.crop_size,
                                   cfg.augment_override, seed=epoch_seed(cfg.seed, epoch))
@@ -181,9 +190,16 @@ class DeviceLoader:
             yield x, order_host[begin:end]
 
 
+Loader = TrainLoader | V1Loader | DeviceLoader  # what the training loop iterates
+
+
 def make_loader(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
-                device: torch.device) -> TrainLoader | DeviceLoader:
-    """The training loader a config asks for."""
+                device: torch.device) -> Loader:
+    """The training loader a config asks for: the engine is chosen here, once (engine 1's v1
+    stream, or engine 2's per-sample-seeded loader on the host or, for a ``torch-*`` recipe,
+    on the device)."""
+    if cfg.engine < 2:
+        return V1Loader(images, labels, cfg, device)
     if cfg.batch_augmented:
         return DeviceLoader(images, labels, cfg, device)
     return TrainLoader(images, labels, cfg, device)

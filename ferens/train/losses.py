@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.nn import functional as F
 
@@ -19,9 +20,12 @@ def _positive_counts(counts: np.ndarray) -> np.ndarray:
 
 
 def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
-    """w_c = N / (K * n_c): each class contributes equally to the loss."""
+    """w_c = N / (K * n_c): each class contributes equally to the loss (scikit-learn's
+    ``compute_class_weight("balanced")`` of labels with these counts)."""
     counts = _positive_counts(counts)
-    return counts.sum() / (len(counts) * counts)
+    classes = np.arange(len(counts))
+    return compute_class_weight("balanced", classes=classes,
+                                y=np.repeat(classes, counts.astype(np.int64)))
 
 
 def effective_number_weights(counts: np.ndarray, beta: float = 0.999) -> np.ndarray:

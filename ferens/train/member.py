@@ -22,81 +22,53 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.model_selection import train_test_split
-from torch import nn
 
-from ferens.classes import CLASS_NAMES, NUM_CLASSES
-from ferens.config import TTA, TrainConfig, config_differences
+from ferens.classes import CLASS_NAMES
+from ferens.config import TrainConfig, config_differences
 from ferens.data.augment import check_train_pipeline
 from ferens.data.fer2013 import FerDataset, apply_ferplus_labels, load_fer2013
 from ferens.data.imagefolder import holdout
-from ferens.data.loader import DeviceLoader, TrainLoader, epoch_seed, make_loader, sample_seed
+from ferens.data.loader import make_loader
 from ferens.errors import FerensError
-from ferens.models.factory import check_model_name, create_member_model
-from ferens.models.inference import (
-    autocast,
-    configure_threads,
-    predict_logits,
-    resolve_precision,
-    select_device,
-    to_tensor,
-)
+from ferens.models.factory import check_model_name
+from ferens.models.inference import configure_threads, predict_logits, select_device
 from ferens.models.pretrained import is_timm_spec, pretrained_name
 from ferens.outputs import folder_lock
 from ferens.provenance import code_commit, library_versions
-from ferens.runs import (
-    Predictions,
-    atomic_path,
-    current_umask,
-    save_predictions,
-    split_metrics,
-    write_json,
+from ferens.runs import Predictions, atomic_path, save_predictions, split_metrics, write_json
+from ferens.train.checkpoint import (
+    TrainingState,
+    checkpoint_interval,
+    load_checkpoint,
+    save_checkpoint,
 )
-from ferens.train.finetune import backbone_frozen, parameter_groups, set_backbone_frozen
-from ferens.train.losses import build_loss, distillation_loss
-from ferens.train.mixing import mix_batch, mixing_enabled
-from ferens.train.targets import ferplus_soft_targets, teacher_probabilities
-
-if TYPE_CHECKING:
-    from timm.utils import ModelEmaV3
+from ferens.train.loop import (
+    TTA_VIEWS,
+    TrainingParts,
+    build_parts,
+    evaluate,
+    saved_splits,
+    scores_every_tta,
+    selection_tta,
+    train_one_epoch,
+    tta_modes,
+)
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "val_macro_f1", "lr", "seconds", "images_per_second", "val_seconds")
 # Fields that may change between an interrupted run and its resumption.
 RESUMABLE_FIELDS = ("threads", "data", "workers")
-PROGRESS_EVERY = 20  # steps between host reads of the running loss and accuracy
 DEADLINE_ENV = "FERENS_DEADLINE"  # unix time by which a member must have written its summary
-CHECKPOINT_SECONDS_ENV = "FERENS_CHECKPOINT_SECONDS"
-CUDA_CHECKPOINT_SECONDS = 120.0  # on a GPU, checkpoint (100-250 MB) at most this often
 FINISH_MARGIN = 1.25  # finishing is estimated from the last validation pass, times this
-
-
-@dataclass
-class TrainingState:
-    """What a checkpoint restores: progress, best score and the metrics so far."""
-
-    epoch: int = 0
-    best_score: float = -math.inf
-    best_epoch: int = 0
-    epochs_without_improvement: int = 0
-    rows: list | None = None
-    train_seconds: float = 0.0
-    stopped_early: bool = False
-    resumes: int = 0              # times training continued from a checkpoint (a new session)
-    commits: list | None = None   # ferens code commit of each start and resume, in order
-    stopped_by_deadline: bool = False  # this session ended before the last epoch
-    data_sha256: str | None = None  # of the splits trained on (None: an older checkpoint)
 
 
 def load_splits(cfg: TrainConfig) -> dict[str, FerDataset]:
@@ -131,272 +103,6 @@ def data_sha256(splits: dict[str, FerDataset]) -> str:
         for array in (part.images, part.labels.astype(np.int64), part.row_ids.astype(np.int64)):
             digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD; weight decay on weights only; the backbone at ``backbone_lr_scale`` x lr."""
-    groups = parameter_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int,
-                       total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base lr, then cosine decay to zero, stepped per batch."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-class Progress:
-    """A per-epoch progress bar on a terminal; a few plain log lines otherwise."""
-
-    def __init__(self, epoch: int, epochs: int, total: int, enabled: bool = True):
-        self.prefix, self.total, self.enabled = f"epoch {epoch}/{epochs}", total, enabled
-        self.tty = sys.stderr.isatty()
-        self.next_log = 0.25
-
-    def update(self, done: int, loss: float, acc: float, ips: float) -> None:
-        if not self.enabled:
-            return
-        frac = done / self.total
-        text = f"{self.prefix} loss {loss:.4f} acc {acc:.4f} {ips:.0f} img/s"
-        if self.tty:
-            bar = "#" * int(frac * 30)
-            print(f"\r{self.prefix} [{bar:<30}] {100 * frac:3.0f}% {text[len(self.prefix):]}",
-                  end="", file=sys.stderr, flush=True)
-        elif frac >= self.next_log or done == self.total:
-            print(f"{text} ({100 * frac:.0f}%)", file=sys.stderr, flush=True)
-            self.next_log += 0.25
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr, flush=True)
-
-
-@dataclass
-class TrainingParts:
-    """Everything one training step touches, built once per run (see ``build_parts``)."""
-
-    model: nn.Module          # the raw module: its weights are saved
-    forward: nn.Module        # the module called in the loop (torch.compile'd when asked)
-    loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    device: torch.device
-    precision: str            # resolved: fp32, bf16 or fp16
-    scaler: torch.amp.GradScaler | None = None    # fp16 only; created once, checkpointed
-    ema: ModelEmaV3 | None = None
-    targets: torch.Tensor | None = None  # (N,7) soft training targets (FER+), else labels
-    teacher: torch.Tensor | None = None  # (N,7) softened teacher probabilities
-    labels: torch.Tensor | None = None   # (N,) training labels on the device
-    init_note: dict | None = None        # --init: where the weights came from, head kept?
-
-    @property
-    def eval_model(self) -> nn.Module:
-        """The weights that are evaluated and saved: the EMA when it is on."""
-        return self.ema.module if self.ema is not None else self.model
-
-
-def build_parts(cfg: TrainConfig, train: FerDataset, device: torch.device) -> TrainingParts:
-    """Model, loss, optimizer, schedule, scaler, EMA and targets for one run."""
-    torch.manual_seed(cfg.seed)
-    model = create_member_model(cfg.model, cfg.stem, cfg.width, cfg.pretrained, cfg.drop_rate,
-                                num_classes=cfg.num_classes)
-    init_note = None
-    if cfg.init:
-        from ferens.models.initialise import apply_init, resolve_init
-
-        init_note = apply_init(model, resolve_init(cfg.init), cfg)
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.imbalance, train.class_counts(), weight_scheme=cfg.weight_scheme,
-                         beta=cfg.effective_beta, focal_gamma=cfg.focal_gamma,
-                         focal_alpha=cfg.focal_alpha,
-                         label_smoothing=cfg.label_smoothing).to(device)
-    optimizer = build_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    scheduler = cosine_with_warmup(optimizer, int(cfg.warmup_epochs * steps_per_epoch),
-                                   cfg.epochs * steps_per_epoch)
-    precision = resolve_precision(cfg.precision, device)
-    parts = TrainingParts(model=model, forward=torch.compile(model) if cfg.compile else model,
-                          loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-                          device=device, precision=precision,
-                          labels=torch.from_numpy(train.labels).to(device),
-                          init_note=init_note)
-    if precision == "fp16":
-        parts.scaler = torch.amp.GradScaler(device.type)
-    if cfg.ema_decay:
-        from timm.utils import ModelEmaV3
-
-        parts.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
-    if cfg.ferplus_soft:
-        parts.targets = torch.from_numpy(
-            ferplus_soft_targets(train, cfg.ferplus, cfg.ferplus_soft)).to(device)
-    if cfg.teacher:
-        parts.teacher = torch.from_numpy(
-            teacher_probabilities(cfg.teacher, train, cfg.distill_temperature)).to(device)
-    return parts
-
-
-def _step_loss(parts: TrainingParts, cfg: TrainConfig, x: torch.Tensor, idx: torch.Tensor,
-               mix_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, logits, labels) of one batch: hard labels unless soft targets, mixing or a
-    teacher are on."""
-    y = parts.labels[idx]
-    soft = parts.targets is not None or mixing_enabled(cfg)
-    target = (parts.targets[idx] if parts.targets is not None
-              else one_hot_tensor(y, cfg.num_classes) if soft else y)
-    extra = [parts.teacher[idx]] if parts.teacher is not None else []
-    if mixing_enabled(cfg):
-        x, mixed, _ = mix_batch(x, [target, *extra], mix_seed, cfg)
-        target, extra = mixed[0], mixed[1:]
-    with autocast(parts.device, parts.precision):
-        logits = parts.forward(x)
-    loss = parts.loss_fn(logits.float(), target)
-    if extra:
-        w = cfg.distill_weight
-        loss = (1 - w) * loss + w * distillation_loss(logits, extra[0], cfg.distill_temperature)
-    return loss, logits, y
-
-
-def one_hot_tensor(y: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    return nn.functional.one_hot(y, num_classes).float()
-
-
-def train_step(parts: TrainingParts, cfg: TrainConfig, epoch: int, images: torch.Tensor,
-               idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimisation step on one loader batch; returns (loss, logits, labels) on the device.
-
-    The batch's indices are read on the host (for the mixing seed) before they are copied, so
-    the step never waits for the device."""
-    # a DeviceLoader's batches are already augmented, scaled and on the device
-    x = images if images.is_floating_point() else to_tensor(images, parts.device,
-                                                             cfg.channels_last)
-    mix_seed = sample_seed(cfg.seed, epoch, int(idx[0])) ^ 0x5EED  # idx is on the host
-    idx = idx.to(parts.device, non_blocking=True)
-    loss, logits, y = _step_loss(parts, cfg, x, idx, mix_seed)
-    parts.optimizer.zero_grad(set_to_none=True)
-    if parts.scaler is not None:
-        parts.scaler.scale(loss).backward()
-        parts.scaler.step(parts.optimizer)
-        parts.scaler.update()
-    else:
-        loss.backward()
-        parts.optimizer.step()
-    parts.scheduler.step()
-    if parts.ema is not None:
-        parts.ema.update(parts.model, step=parts.scheduler.last_epoch)
-    return loss, logits, y
-
-
-def train_one_epoch(parts: TrainingParts, loader: TrainLoader | DeviceLoader, cfg: TrainConfig,
-                    epoch: int, show_progress: bool = True) -> dict:
-    """One pass over the deterministic (seed, epoch) order of the training set.
-
-    Loss and accuracy accumulate on the device; the host reads them only every
-    ``PROGRESS_EVERY`` steps, so a GPU is never stalled by a per-step synchronisation."""
-    torch.manual_seed(epoch_seed(cfg.seed, epoch))
-    parts.model.train()
-    if cfg.freeze_backbone_epochs:
-        set_backbone_frozen(parts.model, backbone_frozen(epoch, cfg.freeze_backbone_epochs))
-    total_loss = torch.zeros((), dtype=torch.float64, device=parts.device)
-    correct = torch.zeros((), dtype=torch.int64, device=parts.device)
-    seen, start = 0, time.perf_counter()
-    progress = Progress(epoch, cfg.epochs, len(loader.batches.labels), show_progress)
-    for step, (images, idx) in enumerate(loader.epoch(epoch), start=1):
-        loss, logits, y = train_step(parts, cfg, epoch, images, idx)
-        n = len(idx)
-        total_loss += loss.detach().double() * n
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += n
-        if step % PROGRESS_EVERY == 0 or seen >= progress.total:
-            progress.update(seen, total_loss.item() / seen, correct.item() / seen,
-                            seen / (time.perf_counter() - start))
-    progress.close()
-    seconds = time.perf_counter() - start
-    return {"train_loss": total_loss.item() / seen, "train_accuracy": correct.item() / seen,
-            "seconds": seconds, "images_per_second": seen / seconds}
-
-
-def selection_tta(cfg: TrainConfig) -> str:
-    """The TTA the best epoch is chosen with: ``select_tta``, by default the saved predictions'
-    (engine 2); none in v1."""
-    if cfg.engine < 2:
-        return "none"
-    return cfg.tta if cfg.select_tta == "auto" else cfg.select_tta
-
-
-def evaluate(parts: TrainingParts, split: FerDataset, cfg: TrainConfig) -> dict:
-    """Validation loss, accuracy and macro-F1 of the evaluated weights, with the selection
-    TTA: by default the saved predictions', so the chosen epoch is the one they score best."""
-    logits = predict_logits(parts.eval_model, split.images, cfg, parts.device,
-                            tta=selection_tta(cfg), precision=parts.precision)
-    metrics = split_metrics(Predictions(logits, split.labels, split.row_ids, cfg.class_names))
-    with torch.no_grad():
-        loss = parts.loss_fn.cpu()(torch.from_numpy(logits), torch.from_numpy(split.labels))
-    parts.loss_fn.to(parts.device)
-    return {"val_loss": loss.item(), "val_accuracy": metrics["accuracy"],
-            "val_macro_f1": metrics["macro_f1"]}
-
-
-def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-def save_checkpoint(run_dir: Path, parts: TrainingParts, state: TrainingState) -> None:
-    """Write checkpoint/epoch-K fully, then point checkpoint/latest.json at it (atomic)."""
-    root = run_dir / "checkpoint"
-    final = root / f"epoch-{state.epoch}"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"epoch-{state.epoch}.tmp-", dir=root))
-    tmp.chmod(0o777 & ~current_umask())  # not mkdtemp's 0700: the run stays shared
-    save_file(_state_dict(parts.model), str(tmp / "model.safetensors"))
-    if parts.ema is not None:
-        save_file(_state_dict(parts.ema.module), str(tmp / "ema.safetensors"))
-    extra = {"optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict()}
-    if parts.scaler is not None:
-        extra["scaler"] = parts.scaler.state_dict()
-    torch.save(extra, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state.__dict__))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_json(root / "latest.json", {"epoch": state.epoch, "folder": final.name})
-    for old in root.glob("epoch-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(run_dir: Path, parts: TrainingParts) -> TrainingState | None:
-    """Restore the last complete epoch; a damaged checkpoint is one clear error."""
-    latest = run_dir / "checkpoint" / "latest.json"
-    if not latest.is_file():
-        return None
-    device = parts.device
-    try:
-        folder = run_dir / "checkpoint" / json.loads(latest.read_text())["folder"]
-        parts.model.load_state_dict(load_file(str(folder / "model.safetensors"),
-                                              device=str(device)))
-        if parts.ema is not None:
-            parts.ema.module.load_state_dict(load_file(str(folder / "ema.safetensors"),
-                                                       device=str(device)))
-        # on the CPU first: load_state_dict moves the moments to the parameters' device but
-        # keeps AdamW's `step` counters on the CPU, where reading them costs no sync
-        extra = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-        parts.optimizer.load_state_dict(extra["optimizer"])
-        parts.scheduler.load_state_dict(extra["scheduler"])
-        if parts.scaler is not None and "scaler" in extra:
-            parts.scaler.load_state_dict(extra["scaler"])
-        return TrainingState(**json.loads((folder / "state.json").read_text()))
-    except Exception as exc:  # any damage: truncated file, bad JSON, wrong shapes
-        raise FerensError(f"{run_dir / 'checkpoint'}: cannot resume from a damaged checkpoint "
-                          f"({type(exc).__name__}: {str(exc)[:200]}); delete the folder to "
-                          "start over") from None
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -474,29 +180,14 @@ def deadline_from_env() -> float | None:
     return value
 
 
-def checkpoint_interval(device: torch.device) -> float:
-    """Seconds between checkpoints: 0 (every epoch) on the CPU, 120 on a GPU, or
-    ``$FERENS_CHECKPOINT_SECONDS``. The last epoch and a deadline stop always checkpoint."""
-    raw = os.environ.get(CHECKPOINT_SECONDS_ENV, "").strip()
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            raise FerensError(f"${CHECKPOINT_SECONDS_ENV}={raw!r}: expected seconds") from None
-    return CUDA_CHECKPOINT_SECONDS if device.type == "cuda" else 0.0
-
-
-TTA_VIEWS = {"none": 1, "flip": 2, "shift": 10, "tencrop": 10}
-
-
 def finish_seconds(cfg: TrainConfig, splits: dict, val_seconds: float) -> float:
     """Estimated seconds of ``finish_run`` (saved predictions of every split with the
     configured TTA, and the accuracy of every other TTA mode on val and test), from the cost
     per view of the last validation pass."""
     per_view = val_seconds / max(1, len(splits["val"]) * TTA_VIEWS[selection_tta(cfg)])
-    saved = ("val", "test", "train") if cfg.engine >= 2 else ("val", "test")
+    saved = saved_splits(cfg)
     views = sum(len(splits[s]) for s in saved) * TTA_VIEWS[cfg.tta]
-    if cfg.engine >= 2:
+    if scores_every_tta(cfg):
         views += sum(TTA_VIEWS[m] for m in tta_modes(cfg) if m != cfg.tta) * (
             len(splits["val"]) + len(splits["test"]))
     return FINISH_MARGIN * per_view * views + 1.0
@@ -598,7 +289,7 @@ def _train_member(cfg: TrainConfig, resume: bool, show_progress: bool, name_from
             break
     _say(show_progress, ("stopped by the deadline" if state.stopped_by_deadline else
                          "training done") + ": predicting "
-         f"{'val, test and train' if cfg.engine >= 2 else 'val and test'} with the best epoch "
+         f"{', '.join(saved_splits(cfg)[:-1])} and {saved_splits(cfg)[-1]} with the best epoch "
          f"({state.best_epoch}, tta {cfg.tta}) and scoring every TTA mode for summary.json")
     return finish_run(run_dir, cfg, parts, splits, state, threads)
 
@@ -610,11 +301,6 @@ def describe_classes(splits: dict[str, FerDataset]) -> str:
     return (f"{len(names)} classes, rows per {'/'.join(splits)}: " + ", ".join(
         f"{c} " + "/".join(str(int(counts[s][i])) for s in splits)
         for i, c in enumerate(names)))
-
-
-def tta_modes(cfg: TrainConfig) -> list[str]:
-    """The TTA modes whose accuracy is reported for a member (ten-crop needs a crop)."""
-    return [m for m in TTA if m != "tencrop" or cfg.crop_size]
 
 
 def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: dict,
@@ -644,7 +330,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
         return split_metrics(Predictions(logits, part.labels, part.row_ids,
                                          cfg.class_names))["accuracy"]
 
-    saved = ("val", "test", "train") if cfg.engine >= 2 else ("val", "test")
+    saved = saved_splits(cfg)
     for split in saved:
         part = splits[split]
         preds = Predictions(predict_logits(model, part.images, cfg, device,
@@ -653,7 +339,7 @@ def finish_run(run_dir: Path, cfg: TrainConfig, parts: TrainingParts, splits: di
         save_predictions(run_dir / "predictions" / f"{split}.npz", preds)
         if split != "train":
             summary[split] = split_metrics(preds)
-    if cfg.engine >= 2:  # the configured mode is what the saved predictions already score
+    if scores_every_tta(cfg):  # the configured mode is what the saved predictions score
         summary["tta_accuracy"] = {
             split: {mode: summary[split]["accuracy"] if mode == cfg.tta
                     else accuracy_with(split, mode) for mode in tta_modes(cfg)}

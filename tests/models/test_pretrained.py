@@ -15,7 +15,8 @@ from ferens.config import TrainConfig
 from ferens.errors import FerensError
 from ferens.models.factory import create_member_model
 from ferens.train.finetune import parameter_groups, split_parameters
-from ferens.train.member import build_optimizer, cosine_with_warmup, train_member
+from ferens.train.loop import build_optimizer, cosine_with_warmup
+from ferens.train.member import train_member
 
 ARCH = "resnet18"
 

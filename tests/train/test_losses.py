@@ -47,6 +47,16 @@ def test_inverse_frequency_weights_give_every_class_equal_total_weight():
     assert weights.argmax() == 1 and weights.argmin() == 3
 
 
+@pytest.mark.parametrize("counts", [COUNTS, np.array([1, 2, 3]), np.array([5, 5]),
+                                    np.array([28709, 1, 7, 999, 3, 12345, 4])])
+def test_inverse_frequency_weights_are_the_weights_ferens_always_trained_with(counts):
+    """scikit-learn's "balanced" weights, bit for bit the N / (K * n_c) that saved configs with
+    imbalance = weighted trained with, so those members train the same."""
+    counts64 = counts.astype(np.float64)
+    assert np.array_equal(inverse_frequency_weights(counts),
+                          counts64.sum() / (len(counts64) * counts64))
+
+
 def test_effective_number_weights_lie_between_uniform_and_inverse_frequency():
     eff = effective_number_weights(COUNTS, beta=0.999)
     inv = inverse_frequency_weights(COUNTS)

@@ -17,7 +17,9 @@ from ferens.errors import FerensError
 from ferens.models.factory import create_member_model
 from ferens.models.inference import load_member_model, predict_logits, to_tensor, tta_views
 from ferens.runs import load_predictions, load_run
-from ferens.train.member import cosine_with_warmup, load_splits, train_member
+from ferens.train.checkpoint import checkpoint_interval
+from ferens.train.loop import cosine_with_warmup
+from ferens.train.member import load_splits, train_member
 
 
 def _config(tiny_csv, tmp_path, **overrides) -> TrainConfig:
@@ -266,8 +268,8 @@ def test_a_deadline_that_has_passed_or_is_not_a_time_is_one_clear_error(tiny_csv
 
 def test_checkpoints_follow_the_interval_and_the_last_epoch_always_checkpoints(
         tiny_csv, tmp_path, monkeypatch):
-    assert train_module.checkpoint_interval(torch.device("cpu")) == 0.0
-    assert train_module.checkpoint_interval(torch.device("cuda")) == 120.0
+    assert checkpoint_interval(torch.device("cpu")) == 0.0
+    assert checkpoint_interval(torch.device("cuda")) == 120.0
     saved = []
     real = train_module.save_checkpoint
     monkeypatch.setattr(train_module, "save_checkpoint",
