@@ -179,6 +179,15 @@ def _fit_and_apply(combiner: Combiner, val: list[np.ndarray], labels: np.ndarray
     return val_out, combiner.predict_log_proba(test)
 
 
+def _member_log_probs(members: list[Run], scaler: TemperatureScaler | None
+                      ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each member's val and test log-probabilities, temperature-scaled when `scaler` is given."""
+    if scaler is None:
+        return [r.val.log_probs for r in members], [r.test.log_probs for r in members]
+    return (scaler.transform([r.val.logits for r in members]),
+            scaler.transform([r.test.logits for r in members]))
+
+
 def combine(members: list[Run], method: str = "mean", temperature: bool = False, seed: int = 0,
             greedy_metric: str = "accuracy") -> EnsembleResult:
     """Combine loaded runs in memory (fitting only on val) and return ensemble predictions."""
@@ -186,14 +195,10 @@ def combine(members: list[Run], method: str = "mean", temperature: bool = False,
     members = check_members(members)
     names = run_names(members)
     ref = members[0]
-    y_val = ref.val.labels
-    scaler = None
-    val = [r.val.log_probs for r in members]
-    test = [r.test.log_probs for r in members]
-    if temperature:
-        scaler = TemperatureScaler().fit([r.val.logits for r in members], y_val)
-        val = scaler.transform([r.val.logits for r in members])
-        test = scaler.transform([r.test.logits for r in members])
+    y_val = ref.val.labels  # the only labels anything is fitted on
+    scaler = TemperatureScaler().fit([r.val.logits for r in members], y_val) if temperature \
+        else None
+    val, test = _member_log_probs(members, scaler)
     combiner = make_combiner(method, seed, greedy_metric)
     val_out, test_out = _fit_and_apply(combiner, val, y_val, test)
     return EnsembleResult(method, names, _as_predictions(val_out, ref.val),
@@ -213,12 +218,7 @@ def leave_one_out(members: list[Run], result: EnsembleResult, seed: int = 0,
     """Val/test accuracy of the ensemble refitted on val without each member, and its drop.
     `members` are the checked members; the result's temperatures (if any) are applied first."""
     y_val, y_test = members[0].val.labels, members[0].test.labels
-    scaler = result.fitted.temperature
-    val = [r.val.log_probs for r in members]
-    test = [r.test.log_probs for r in members]
-    if scaler is not None:
-        val = scaler.transform([r.val.logits for r in members])
-        test = scaler.transform([r.test.logits for r in members])
+    val, test = _member_log_probs(members, result.fitted.temperature)
     full_test = accuracy(result.test.log_probs, y_test)
     stack_c = result.details.get("C") if result.method == "stack" else None
     out = {}
