@@ -162,9 +162,9 @@ def _plan_node(run_dir: Path, plan: _Plan) -> dict:
         return plan.add_member(run_dir)
     fitted = load_fitted(run_dir)  # fitted.json, or summary.json for older runs
     names = [m["name"] for m in config["members"]]
-    if fitted.members != names:
-        raise FerensError(f"{run_dir}: the fitted members {fitted.members} are not config.json's "
-                          f"{names}")
+    if fitted.members != names or fitted.combiner.method != config["method"]:
+        raise FerensError(f"{run_dir}: the fit ({fitted.combiner.method} of {fitted.members}) "
+                          f"is not config.json's ({config['method']} of {names})")
     dirs = [_member_path(run_dir, m["path"]) for m in config["members"]]
     node = {"method": config["method"], "names": names,
             "inputs": [_plan_node(d, plan) for d in dirs]}
