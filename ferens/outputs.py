@@ -37,8 +37,8 @@ from pathlib import Path
 from ferens.deploy.bundle_format import is_own_bundle
 from ferens.errors import FerensError
 
-RUN_FILES = {"config.json", "summary.json", "predictions/val.npz", "predictions/test.npz",
-             "predictions/train.npz"}
+RUN_FILES = {"config.json", "summary.json", "fitted.json", "predictions/val.npz",
+             "predictions/test.npz", "predictions/train.npz"}
 # a member's small outputs as `ferens study` keeps them in results_dir/members/<name>
 MEMBER_COPY_FILES = {"config.json", "metrics.csv", "summary.json", "predictions/val.npz",
                      "predictions/test.npz", "predictions/train.npz"}

@@ -74,3 +74,66 @@ def test_study_tables_render_every_committed_member(study, tmp_path, capsys, mon
     for name in _committed_members(results):
         assert f"| {name} |" in text
     assert (copy / "accuracy_vs_minutes.png").stat().st_size > 10_000
+
+
+def _committed_ensembles() -> list[Path]:
+    return sorted(p for results in ("study", "study_v2")
+                  for p in (ROOT / "results" / results / "ensembles").iterdir()
+                  if (p / "summary.json").is_file())
+
+
+def _members(folder: Path):
+    from ferens.combine.ensemble import check_members
+    from ferens.runs import load_run
+
+    config = json.loads((folder / "config.json").read_text())
+    return config, check_members([load_run(ROOT / m["path"]) for m in config["members"]])
+
+
+@pytest.mark.parametrize("folder", _committed_ensembles(), ids=lambda p: f"{p.parent.parent.name}"
+                         f"/{p.name}")
+def test_committed_ensembles_load_from_their_summary_and_refit_to_the_same_test_accuracy(
+        folder):
+    """The committed ensembles predate fitted.json: their parameters are read back from
+    summary.json and reproduce the saved test predictions; refitting each on its committed
+    members' val predictions gives the committed test accuracy (the stacker with its
+    committed C; the C search itself is checked on the small stacks below)."""
+    import numpy as np
+
+    from ferens.combine.ensemble import combine
+    from ferens.combine.fitted import FITTED_FILE, load_fitted, make_combiner
+    from ferens.runs import load_run
+
+    assert not (folder / FITTED_FILE).exists()  # results/ is not rewritten
+    config, members = _members(folder)
+    saved = load_run(folder)
+    summary = saved.summary
+    fitted = load_fitted(folder)
+    out = fitted.predict_log_proba([m.test.logits for m in members])
+    assert np.abs(np.exp(out) - saved.test.probs).max() < 1e-5
+    options = config["options"]
+    if config["method"] == "stack":
+        combiner = make_combiner("stack", options["seed"], stack_c=summary["details"]["C"])
+        combiner.fit([m.val.log_probs for m in members], members[0].val.labels)
+        test = combiner.predict_log_proba([m.test.log_probs for m in members])
+    else:
+        test = combine(members, config["method"], options["temperature"], options["seed"],
+                       options["greedy_metric"]).test.log_probs
+    accuracy = float((test.argmax(1) == members[0].test.labels).mean())
+    assert accuracy == summary["test"]["accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["seeds-stack", "long-seeds-stack"])
+def test_the_stackers_c_search_reproduces_the_committed_choice(name):
+    from ferens.combine.ensemble import combine
+
+    folder = ROOT / "results" / "study_v2" / "ensembles" / name
+    config, members = _members(folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    result = combine(members, "stack", seed=config["options"]["seed"])
+    assert result.details["C"] == summary["details"]["C"]
+    assert float((result.test.predicted == result.test.labels).mean()) == summary["test"][
+        "accuracy"]
+    assert float((result.val.predicted == result.val.labels).mean()) == summary["val"][
+        "accuracy"]

@@ -20,17 +20,17 @@ ROOT = PACKAGE.parent
 HEAVY = ("torch", "timm", "albumentations")
 # Modules that read configs, predictions or run folders, combine, report or drive a study: none
 # of them may import torch (at module level; training itself is only imported where it runs).
+# Every module of combine/ and report/ is listed, whatever its name.
 TORCH_FREE = (
     "ferens", "ferens.classes", "ferens.errors", "ferens.config", "ferens.runs",
-    "ferens.outputs", "ferens.deploy.bundle_format", "ferens.combine.ensemble",
-    "ferens.combine.adjust", "ferens.report.build", "ferens.study.local",
+    "ferens.outputs", "ferens.deploy.bundle_format", "ferens.report.build", "ferens.study.local",
     "ferens.study.ray_backend", "ferens.study.children", "ferens.provenance", "ferens.study.lanes",
     "ferens.data.fer2013", "ferens.data.dataset", "ferens.data.imagefolder",
     # deploy: finding and cropping faces, reading inputs and writing predictions need no torch
     "ferens.deploy.faces", "ferens.deploy.face_crops", "ferens.deploy.face_cascades",
     "ferens.deploy.face_mtcnn", "ferens.deploy.media", "ferens.deploy.writers",
-    *sorted(f"ferens.report.{p.stem}" for p in (PACKAGE / "report").glob("*.py")
-            if p.stem != "__init__"),
+    *sorted(f"ferens.{stage}.{p.stem}" for stage in ("combine", "report")
+            for p in (PACKAGE / stage).glob("*.py") if p.stem != "__init__"),
 )
 # Prints which of HEAVY the code before it imported, as JSON, even when that code raised.
 REPORT_HEAVY = (f"import json, sys; print(json.dumps([m for m in {HEAVY!r} "

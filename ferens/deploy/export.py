@@ -21,7 +21,8 @@ import torch
 from scipy.special import softmax
 from torch import nn
 
-from ferens.combine.ensemble import ferens_version, fitted_parameters
+from ferens.combine.ensemble import ferens_version
+from ferens.combine.fitted import load_fitted, to_params
 from ferens.config import TrainConfig
 from ferens.data.fer2013 import file_sha256
 from ferens.deploy.bundle import combine_outputs
@@ -64,7 +65,8 @@ def _plan_node(run_dir: Path, plan: _Plan) -> dict:
     config = read_json(run_dir / "config.json")
     if config.get("kind") == "adjusted":
         source = _member_path(run_dir, config["source"])
-        return {"adjust": {"tau": float(config["tau"]), "log_prior": config["log_prior"]},
+        adjuster = load_fitted(run_dir)  # fitted.json, or config.json for older runs
+        return {"adjust": {"tau": adjuster.tau_, "log_prior": adjuster.log_prior_.tolist()},
                 "inputs": [_plan_node(source, plan)]}
     if config.get("kind") != "ensemble":
         for needed in (WEIGHTS_FILE, "summary.json"):
@@ -72,19 +74,17 @@ def _plan_node(run_dir: Path, plan: _Plan) -> dict:
                 raise FerensError(f"{run_dir}: no {needed}; only finished train-member runs "
                                   "(or ensembles of them) can be exported")
         return plan.add_member(run_dir)
-    summary = read_json(run_dir / "summary.json")
+    fitted = load_fitted(run_dir)  # fitted.json, or summary.json for older runs
     names = [m["name"] for m in config["members"]]
+    if fitted.members != names or fitted.combiner.method != config["method"]:
+        raise FerensError(f"{run_dir}: the fit ({fitted.combiner.method} of {fitted.members}) "
+                          f"is not config.json's ({config['method']} of {names})")
     dirs = [_member_path(run_dir, m["path"]) for m in config["members"]]
     node = {"method": config["method"], "names": names,
             "inputs": [_plan_node(d, plan) for d in dirs]}
-    temps = summary.get("temperatures")
-    if temps:
-        node["temperatures"] = [float(temps[n]["T"]) for n in names]
-    try:
-        node |= fitted_parameters(config["method"], summary.get("details") or {}, names)
-    except FerensError as exc:
-        raise FerensError(f"{run_dir}/summary.json: {exc}") from None
-    return node
+    if fitted.temperature is not None:
+        node["temperatures"] = fitted.temperature.temperatures_.tolist()
+    return node | to_params(fitted.combiner)
 
 
 def _test_predictions(run_dir: Path) -> Predictions:

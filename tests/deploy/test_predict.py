@@ -101,13 +101,60 @@ def test_stack_bundle_is_exported_from_saved_parameters_without_member_val_predi
     assert np.abs(bundle.predict_proba(ws.test_images) - ens.test.probs).max() < 1e-5
 
 
-def test_stack_ensemble_without_saved_stacker_asks_to_rebuild_it(ws, tmp_path):
+def _as_older_ferens_wrote_it(ens: Path) -> None:
+    """An ensemble as ferens wrote them before fitted.json (the ones under results/): its
+    parameters only in summary.json, and config.json naming no fitted.json."""
+    (ens / "fitted.json").unlink()
+    config = json.loads((ens / "config.json").read_text())
+    del config["fitted"]
+    (ens / "config.json").write_text(json.dumps(config))
+
+
+def test_older_stack_ensemble_without_saved_stacker_asks_to_rebuild_it(ws, tmp_path):
     ens = build_ensemble([ws.member_a, ws.member_b], method="stack", out=tmp_path / "ens")
+    _as_older_ferens_wrote_it(ens.path)
     summary = json.loads((ens.path / "summary.json").read_text())
     del summary["details"]["stacker"]
     (ens.path / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(FerensError, match="rebuild the ensemble"):
         export_bundle(ens.path, tmp_path / "ens.ferens")
+
+
+@pytest.mark.parametrize("method", ["weighted", "stack"])
+def test_export_reads_the_fitted_parameters_from_fitted_json(ws, tmp_path, method):
+    ens = build_ensemble([ws.member_a, ws.member_b], method=method, out=tmp_path / "ens",
+                         temperature=True)
+    fitted = json.loads((ens.path / "fitted.json").read_text())
+    summary = json.loads((ens.path / "summary.json").read_text())
+    summary["details"], summary["temperatures"] = {}, None  # the report's copy, spoiled
+    (ens.path / "summary.json").write_text(json.dumps(summary))
+    bundle = load_bundle(export_bundle(ens.path, tmp_path / "ens.ferens"))
+    node = bundle.manifest["combiner"]
+    assert node["temperatures"] == fitted["temperature"]["temperatures_"]
+    assert np.abs(bundle.predict_proba(ws.test_images) - ens.test.probs).max() < 1e-5
+
+
+def test_export_of_a_new_ensemble_without_its_fitted_json_is_one_line_exit_2(
+        ws, tmp_path, monkeypatch, capsys):
+    ens = build_ensemble([ws.member_a, ws.member_b], method="weighted", out=tmp_path / "ens")
+    (ens.path / "fitted.json").unlink()
+    with pytest.raises(FerensError, match=r"fitted\.json: file not found"):
+        export_bundle(ens.path, tmp_path / "ens.ferens")
+    code, _, err = run_cli(["export", ens.path, "--out", tmp_path / "cli.ferens"],
+                           monkeypatch, capsys)
+    assert code == 2
+    err = err.strip()
+    assert "fitted.json: file not found" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ens.ferens").exists() and not (tmp_path / "cli.ferens").exists()
+
+
+@pytest.mark.parametrize("method", ["greedy", "stack"])
+def test_an_ensemble_older_than_fitted_json_still_exports(ws, tmp_path, method):
+    ens = build_ensemble([ws.member_a, ws.member_b], method=method, out=tmp_path / "ens",
+                         temperature=True)
+    _as_older_ferens_wrote_it(ens.path)
+    bundle = load_bundle(export_bundle(ens.path, tmp_path / "ens.ferens"))
+    assert np.abs(bundle.predict_proba(ws.test_images) - ens.test.probs).max() < 1e-5
 
 
 def test_nested_ensemble_exports_its_tree_of_members(ws, tmp_path):
