@@ -355,7 +355,7 @@ def study_cmd(
         None, help="Ray cluster to join (auto = the running one) [a new local Ray]."),
 ) -> None:
     """Run a whole study: train missing members (resumable), ensemble them, write the report."""
-    from ferens.study.local import run_study
+    from ferens.study.pipeline import run_study
 
     outcome = run_study(study, lanes=lanes, train=not no_train, only=only, threads=threads,
                         backend=backend, address=address)

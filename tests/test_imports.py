@@ -23,7 +23,8 @@ HEAVY = ("torch", "timm", "albumentations")
 TORCH_FREE = (
     "ferens", "ferens.classes", "ferens.errors", "ferens.config", "ferens.runs",
     "ferens.outputs", "ferens.deploy.bundle_format", "ferens.combine.ensemble",
-    "ferens.combine.adjust", "ferens.report.build", "ferens.study.local",
+    "ferens.combine.adjust", "ferens.report.build", "ferens.study.local", "ferens.study.spec",
+    "ferens.study.members", "ferens.study.pipeline",
     "ferens.study.ray_backend", "ferens.study.children", "ferens.provenance", "ferens.study.lanes",
     "ferens.data.fer2013", "ferens.data.dataset", "ferens.data.imagefolder",
     *sorted(f"ferens.report.{p.stem}" for p in (PACKAGE / "report").glob("*.py")

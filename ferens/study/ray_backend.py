@@ -146,8 +146,8 @@ def train_members_ray(pending: list[TrainConfig], results_dir: Path, settings: R
     ``results_dir/members/<name>`` as it finishes; returns the names that failed. Joins
     ``address`` (``auto``: the running cluster), else uses the Ray already initialised in this
     process, else starts a local one with this machine's cores. ``committed`` (members already
-    finished) and ``say`` (one progress line) are for the messages. ``ferens.study.local`` calls it;
-    this module never imports the study driver."""
+    finished) and ``say`` (one progress line) are for the messages. ``ferens.study.pipeline`` calls
+    it; this module never imports the study driver."""
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
