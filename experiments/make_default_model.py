@@ -20,8 +20,8 @@ from pathlib import Path
 from ferens.deploy.bundle import export_bundle, load_bundle
 from ferens.deploy.evaluate import evaluate_bundle
 from ferens.deploy.shipped import SHIPPED_BUNDLE
+from ferens.io import read_json, write_json
 from ferens.outputs import swap_into_place
-from ferens.runs import read_json, write_json
 
 MAX_BYTES = 8 * 1024 * 1024
 

@@ -236,7 +236,7 @@ def export_cmd(
 ) -> None:
     """Pack a member, ensemble or adjusted run into a self-contained bundle (safetensors + JSON)."""
     from ferens.deploy.bundle import export_bundle
-    from ferens.runs import read_json
+    from ferens.io import read_json
 
     path = export_bundle(run, out, onnx=onnx, half=half)
     manifest = read_json(path / "manifest.json")
@@ -323,9 +323,8 @@ def evaluate_cmd(
     """Accuracy, macro-F1 and per-class recall of a bundle on labelled FER2013 data."""
     from ferens.deploy.evaluate import evaluate_bundle
     from ferens.deploy.shipped import load_model
+    from ferens.io import check_output_file, write_json
     from ferens.models.inference import configure_threads
-    from ferens.outputs import check_output_file
-    from ferens.runs import write_json
 
     if out is not None:
         check_output_file(out)

@@ -22,7 +22,7 @@ HEAVY = ("torch", "timm", "albumentations")
 # of them may import torch (at module level; training itself is only imported where it runs).
 TORCH_FREE = (
     "ferens", "ferens.classes", "ferens.errors", "ferens.config", "ferens.runs",
-    "ferens.outputs", "ferens.deploy.bundle_format", "ferens.combine.ensemble",
+    "ferens.io", "ferens.outputs", "ferens.deploy.bundle_format", "ferens.combine.ensemble",
     "ferens.combine.adjust", "ferens.report.build", "ferens.study.local", "ferens.study.spec",
     "ferens.study.members", "ferens.study.pipeline",
     "ferens.study.ray_backend", "ferens.study.children", "ferens.provenance", "ferens.study.lanes",

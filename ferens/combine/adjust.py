@@ -20,6 +20,7 @@ from scipy.special import log_softmax
 from sklearn.metrics import f1_score
 
 from ferens.errors import FerensError
+from ferens.io import write_json
 from ferens.outputs import check_replaceable, output_folder
 from ferens.runs import (
     SPLITS,
@@ -30,7 +31,6 @@ from ferens.runs import (
     load_run,
     save_predictions,
     split_metrics,
-    write_json,
 )
 
 SELECT = ("macro-f1", "accuracy-budget")

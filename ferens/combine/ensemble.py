@@ -26,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from ferens.errors import FerensError
+from ferens.io import write_json
 from ferens.outputs import check_replaceable, output_folder
 from ferens.runs import (
     SPLITS,
@@ -39,7 +40,6 @@ from ferens.runs import (
     run_names,
     save_predictions,
     split_metrics,
-    write_json,
 )
 
 METHODS = ("mean", "logit-mean", "weighted", "greedy", "stack")

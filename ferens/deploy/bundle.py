@@ -45,9 +45,10 @@ from ferens.deploy.bundle_format import (
     MEMBER_KEYS,
 )
 from ferens.errors import FerensError
+from ferens.io import read_json, write_json
 from ferens.models.inference import load_member_model, predict_logits, select_device
 from ferens.outputs import output_folder
-from ferens.runs import Predictions, load_predictions, read_json, row_positions, write_json
+from ferens.runs import Predictions, load_predictions, row_positions
 
 WEIGHTS_FILE = "best.safetensors"
 ONNX_OPSET = 17

@@ -23,8 +23,7 @@ from pathlib import Path
 
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
-from ferens.outputs import check_creatable, folder_lock
-from ferens.runs import read_json, write_json
+from ferens.io import check_creatable, folder_lock, read_json, write_json
 from ferens.study.children import die_with_parent, sigterm_interrupts
 from ferens.study.children import stop as stop_children
 from ferens.study.lanes import gpu_lane_plan, lane_plan

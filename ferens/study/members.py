@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ferens.config import TrainConfig, config_differences
 from ferens.errors import FerensError
-from ferens.runs import member_outputs, read_json, store_member
+from ferens.io import read_json
+from ferens.runs import member_outputs, store_member
 from ferens.study.spec import Study
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ferens.config import RANGES
 from ferens.errors import FerensError
-from ferens.runs import read_json
+from ferens.io import read_json
 from ferens.study.local import say, train_members
 from ferens.study.members import (
     check_trainable_members,

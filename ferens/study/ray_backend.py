@@ -36,7 +36,8 @@ from pathlib import Path
 
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
-from ferens.runs import member_outputs, read_json, store_member
+from ferens.io import read_json
+from ferens.runs import member_outputs, store_member
 from ferens.study.lanes import gpu_lane_plan
 
 INSTALL_HINT = "--backend ray needs Ray, an optional extra: pip install 'ferens[ray]'"

@@ -43,6 +43,7 @@ from ferens.data.fer2013 import FerDataset, apply_ferplus_labels, load_fer2013
 from ferens.data.imagefolder import holdout
 from ferens.data.loader import DeviceLoader, TrainLoader, epoch_seed, make_loader, sample_seed
 from ferens.errors import FerensError
+from ferens.io import atomic_path, current_umask, folder_lock, write_json
 from ferens.models.factory import check_model_name, create_member_model
 from ferens.models.inference import (
     autocast,
@@ -53,16 +54,8 @@ from ferens.models.inference import (
     to_tensor,
 )
 from ferens.models.pretrained import is_timm_spec, pretrained_name
-from ferens.outputs import folder_lock
 from ferens.provenance import code_commit, library_versions
-from ferens.runs import (
-    Predictions,
-    atomic_path,
-    current_umask,
-    save_predictions,
-    split_metrics,
-    write_json,
-)
+from ferens.runs import Predictions, save_predictions, split_metrics
 from ferens.train.finetune import backbone_frozen, parameter_groups, set_backbone_frozen
 from ferens.train.losses import build_loss, distillation_loss
 from ferens.train.mixing import mix_batch, mixing_enabled

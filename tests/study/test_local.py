@@ -226,7 +226,7 @@ def test_killing_the_study_driver_stops_its_members(tmp_path, tiny_csv, signal_n
 def test_a_rerun_never_starts_a_second_writer_on_a_member_still_training(
         tmp_path, tiny_csv, monkeypatch, capsys):
     import ferens.study.local as study_module
-    from ferens.outputs import folder_lock
+    from ferens.io import folder_lock
 
     study = load_study(_study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n'))
     started = []
@@ -241,7 +241,7 @@ def test_a_rerun_never_starts_a_second_writer_on_a_member_still_training(
 def test_a_study_keeps_ferplus_label_members_out_of_its_ensembles(tmp_path, tiny_csv, capsys):
     from helpers import complementary_members
 
-    from ferens.runs import write_json
+    from ferens.io import write_json
     from ferens.study.pipeline import combine_and_report
 
     study = load_study(_study_file(tmp_path, tiny_csv, "".join(
