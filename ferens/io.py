@@ -6,14 +6,14 @@ and read back as one object, any problem being one line naming the file.
 
 One process at a time writes a folder: ``folder_lock`` holds a lock file beside it
 (``.NAME.ferens-lock``, in the folder's own parent, so processes with different temp folders or
-users see the same lock), held with ``flock`` (which the kernel drops when the holder dies, so a
-killed writer never blocks the next one), taken without waiting, and removed on release. The
-folder-replacing policy built on it is ``ferens.outputs``.
+users see the same lock) with ``filelock`` (an exclusive ``flock`` on Unix, which the kernel
+drops when the holder dies, so a killed writer never blocks the next one), taken without
+waiting, and removes it on release. The folder-replacing policy built on it is
+``ferens.outputs``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import stat
@@ -21,6 +21,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from ferens.errors import FerensError
 
@@ -149,54 +151,47 @@ def _make_parents(folder: Path) -> list[Path]:
     return made
 
 
-def _acquire(path: Path, folder: Path) -> int:
-    """An fd holding an exclusive flock on the lock file at ``path`` (created when missing;
-    never through a link, never a FIFO or device)."""
-    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    attempts = 0
-    while True:
-        try:
-            fd = os.open(path, flags, 0o644)
-        except FileNotFoundError:  # a releasing writer removed the parent it had made
-            attempts += 1
-            if attempts > 3:
-                raise FerensError(f"{path.parent}: the folder keeps disappearing; cannot lock "
-                                  f"{folder}") from None
-            _make_parents(path.parent)
-            continue
-        except OSError as exc:  # ELOOP: a link planted at the lock's name; EACCES: not ours
-            raise FerensError(f"{path}: cannot open the lock file of {folder} "
-                              f"({exc.strerror}); if no ferens process is writing {folder}, "
-                              "delete it and run the command again") from None
+def _acquire(path: Path, folder: Path) -> tuple[FileLock, tuple[int, int]]:
+    """The held lock on the lock file at ``path`` and that file's (device, inode). Never
+    through a link (filelock opens with O_NOFOLLOW), never a FIFO or device; no soft-lock
+    fallback (a marker file a killed process would leave behind)."""
+    held: list[tuple[int, int]] = []
+
+    def plain_file(fd: int) -> None:  # filelock releases the lock when this raises
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
             raise FerensError(f"{path}: the lock file of {folder} is not a plain file; delete "
                               "it and run the command again")
+        held.append((info.st_dev, info.st_ino))
+
+    for _ in range(3):  # a holder that removed the file as we opened it: lock the one now there
+        lock = FileLock(path, blocking=False, fallback_to_soft=False, on_acquired=plain_file)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise FerensError(f"{folder}: another ferens process is writing it; wait for it "
-                              "to finish (or stop it) and run the command again") from None
-        try:  # the holder we followed may have removed the file: lock the one now there
-            now = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            now = None
-        if now is not None and (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
-            return fd
-        os.close(fd)
+            lock.acquire()
+            return lock, held[-1]
+        except Timeout:
+            continue
+        except FerensError:
+            raise
+        except OSError as exc:  # ELOOP: a link planted at the lock's name; EACCES: not ours
+            raise FerensError(f"{path}: cannot open the lock file of {folder} "
+                              f"({exc.strerror or exc}); if no ferens process is writing "
+                              f"{folder}, delete it and run the command again") from None
+    raise FerensError(f"{folder}: another ferens process is writing it; wait for it to finish "
+                      "(or stop it) and run the command again")
 
 
-def _release(fd: int, path: Path) -> None:
+def _release(lock: FileLock, path: Path, identity: tuple[int, int]) -> None:
+    """Remove the lock file while still holding it (a process that opened it meanwhile finds
+    it unlinked once it gets the lock, and retries on the new one), then release."""
     try:
-        info, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
-        if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
-            os.unlink(path)  # still holding the lock: a follower re-checks and retries
+        now = os.stat(path, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) == identity:
+            os.unlink(path)
     except OSError:
         pass
     finally:
-        os.close(fd)
+        lock.release()
 
 
 @contextmanager
@@ -209,11 +204,11 @@ def folder_lock(folder: Path) -> Iterator[None]:
     made = _make_parents(folder.parent)
     try:
         path = lock_path(folder)
-        fd = _acquire(path, folder)
+        lock, identity = _acquire(path, folder)
         try:
             yield
         finally:
-            _release(fd, path)
+            _release(lock, path, identity)
     finally:
         for parent in reversed(made):
             try:
