@@ -18,22 +18,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Facial-expression recognition on FER2013.")
 
 
-def _parse_set(pairs: list[str]) -> dict:
-    """``key=value`` overrides; values are parsed as JSON when possible (numbers, bools)."""
-    import json
-
-    values = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise FerensError(f"--set {pair!r}: expected key=value")
-        try:
-            values[key.strip().replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key.strip().replace("-", "_")] = raw
-    return values
-
-
 @app.command("train-member")
 def train_member_cmd(
     config: Path | None = typer.Option(None, help="Config file (.json or .toml); flags override."),
@@ -104,13 +88,13 @@ def train_member_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Train one ensemble member and write runs/NAME (predictions, metrics, summary)."""
-    from ferens.config import TrainConfig, load_config_file
+    from ferens.config import TrainConfig, load_config_file, parse_overrides
     from ferens.train.member import train_member
 
     values = load_config_file(config) if config else {}
     flags = {k: v for k, v in locals().items()
              if k in TrainConfig.__dataclass_fields__ and v is not None}
-    sets = _parse_set(set_)
+    sets = parse_overrides(set_)
     name_from = ("from --name" if name else "from --set name" if "name" in sets
                  else f"from --config {config}" if "name" in values else None)
     values |= flags | sets
