@@ -266,8 +266,9 @@ def fresh_member(folder: Path, test: FerDataset) -> Path:
     from safetensors.torch import save_file
 
     from ferens.config import TrainConfig
+    from ferens.io import write_json
     from ferens.models.factory import create_member_model
-    from ferens.runs import Predictions, save_predictions, write_json
+    from ferens.runs import Predictions, save_predictions
 
     values = tomllib.loads(PREDICT_CONFIG.read_text())["member"]
     cfg = TrainConfig.from_dict(values | {"out_dir": str(folder)}, source=str(PREDICT_CONFIG))
@@ -363,7 +364,7 @@ def _with_onnx(bundle_dir: Path, folder: Path) -> Path:
     from ferens.data.fer2013 import file_sha256
     from ferens.deploy.bundle import load_bundle
     from ferens.deploy.export import export_onnx
-    from ferens.runs import read_json, write_json
+    from ferens.io import read_json, write_json
 
     copy = Path(shutil.copytree(bundle_dir, folder / "onnx.ferens"))
     manifest = read_json(copy / "manifest.json")
@@ -469,8 +470,9 @@ def bench_default_model(repeats: int, rows: list) -> None:
 def bench_ensemble_report(rows: list) -> None:
     from ferens.combine.ensemble import build_ensemble
     from ferens.data.fer2013 import load_fer2013
+    from ferens.io import write_json
     from ferens.report.build import write_report
-    from ferens.runs import Predictions, save_predictions, write_json
+    from ferens.runs import Predictions, save_predictions
 
     ds = load_fer2013(DATA)
     rng = np.random.default_rng(0)

@@ -21,8 +21,8 @@ from ferens.deploy.bundle import load_bundle
 from ferens.deploy.evaluate import evaluate_bundle
 from ferens.deploy.export import export_bundle
 from ferens.deploy.shipped import SHIPPED_BUNDLE
+from ferens.io import read_json, write_json
 from ferens.outputs import swap_into_place
-from ferens.runs import read_json, write_json
 
 MAX_BYTES = 8 * 1024 * 1024
 

@@ -18,22 +18,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Facial-expression recognition on FER2013.")
 
 
-def _parse_set(pairs: list[str]) -> dict:
-    """``key=value`` overrides; values are parsed as JSON when possible (numbers, bools)."""
-    import json
-
-    values = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise FerensError(f"--set {pair!r}: expected key=value")
-        try:
-            values[key.strip().replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key.strip().replace("-", "_")] = raw
-    return values
-
-
 @app.command("train-member")
 def train_member_cmd(
     config: Path | None = typer.Option(None, help="Config file (.json or .toml); flags override."),
@@ -104,13 +88,13 @@ def train_member_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Train one ensemble member and write runs/NAME (predictions, metrics, summary)."""
-    from ferens.config import TrainConfig, load_config_file
+    from ferens.config import TrainConfig, load_config_file, parse_overrides
     from ferens.train.member import train_member
 
     values = load_config_file(config) if config else {}
     flags = {k: v for k, v in locals().items()
              if k in TrainConfig.__dataclass_fields__ and v is not None}
-    sets = _parse_set(set_)
+    sets = parse_overrides(set_)
     name_from = ("from --name" if name else "from --set name" if "name" in sets
                  else f"from --config {config}" if "name" in values else None)
     values |= flags | sets
@@ -236,7 +220,7 @@ def export_cmd(
 ) -> None:
     """Pack a member, ensemble or adjusted run into a self-contained bundle (safetensors + JSON)."""
     from ferens.deploy.export import export_bundle
-    from ferens.runs import read_json
+    from ferens.io import read_json
 
     path = export_bundle(run, out, onnx=onnx, half=half)
     manifest = read_json(path / "manifest.json")
@@ -319,9 +303,8 @@ def evaluate_cmd(
     """Accuracy, macro-F1 and per-class recall of a bundle on labelled FER2013 data."""
     from ferens.deploy.evaluate import evaluate_bundle
     from ferens.deploy.shipped import load_model
+    from ferens.io import check_output_file, write_json
     from ferens.models.inference import configure_threads
-    from ferens.outputs import check_output_file
-    from ferens.runs import write_json
 
     if out is not None:
         check_output_file(out)
@@ -351,7 +334,7 @@ def study_cmd(
         None, help="Ray cluster to join (auto = the running one) [a new local Ray]."),
 ) -> None:
     """Run a whole study: train missing members (resumable), ensemble them, write the report."""
-    from ferens.study.local import run_study
+    from ferens.study.pipeline import run_study
 
     outcome = run_study(study, lanes=lanes, train=not no_train, only=only, threads=threads,
                         backend=backend, address=address)

@@ -360,6 +360,21 @@ def load_config_file(path: str | Path) -> dict:
     return values
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """``train-member --set key=value`` overrides: values parsed as JSON when they can be
+    (numbers, booleans), else kept as text; ``-`` in a key reads as ``_``."""
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise FerensError(f"--set {pair!r}: expected key=value")
+        try:
+            values[key.strip().replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip().replace("-", "_")] = raw
+    return values
+
+
 def config_differences(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ()) -> list[str]:
     """Human-readable ``key: old -> new`` lines for fields that differ."""
     da, db = a.to_dict(), b.to_dict()

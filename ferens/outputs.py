@@ -11,9 +11,7 @@ one, never a mix; the next run of a command on the same ``out`` puts back an old
 left aside and removes the work folders ferens left there (only those: named so, owned by the
 user and holding ferens' marker file).
 
-One process at a time writes a folder: a lock file beside it (``.NAME.ferens-lock``, in the
-folder's own parent, so processes with different temp folders or users see the same lock),
-held with ``flock`` and removed on release.
+One process at a time writes a folder (``ferens.io.folder_lock``, held for the whole command).
 
     with output_folder(Path("ensembles/mean"), "ensemble") as tmp:
         ...write files into tmp...
@@ -23,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import json
 import os
 import re
@@ -36,6 +33,7 @@ from pathlib import Path
 
 from ferens.deploy.bundle_format import is_own_bundle
 from ferens.errors import FerensError
+from ferens.io import check_creatable, folder_lock, read_json
 
 RUN_FILES = {"config.json", "summary.json", "fitted.json", "predictions/val.npz",
              "predictions/test.npz", "predictions/train.npz"}
@@ -47,19 +45,17 @@ PREDICT_FOLDERS = {"annotated", "timelines"}
 OUTPUT_NAMES = {"bundle": "a bundle written by `ferens export`",
                 "member": "a member's outputs copied by `ferens study`"}
 WORK_MARK = "ferens-work.json"  # inside a work folder: proof that ferens made it
-LOCK_SUFFIX = ".ferens-lock"
 _MKDTEMP_TAIL = r"[a-z0-9_]{8}"  # tempfile's random part
-NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, tmpfs, APFS, NTFS)
 
 
 def _read_json(path: Path) -> dict | None:
-    try:
-        if path.is_symlink() or not path.is_file():
-            return None
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    """The JSON object in a plain file (never through a link), or None when there is none."""
+    if path.is_symlink() or not path.is_file():
         return None
-    return value if isinstance(value, dict) else None
+    try:
+        return read_json(path)
+    except FerensError:
+        return None
 
 
 def _tree(folder: Path) -> tuple[set[str], set[str]] | None:
@@ -114,28 +110,6 @@ def is_own_output(folder: Path, kind: str) -> bool:
         own = _listed(payload["files"]) if "files" in payload else set()
         return folders <= PREDICT_FOLDERS and files <= own | PREDICT_FILES
     raise ValueError(f"unknown output kind {kind!r}")
-
-
-def check_creatable(path: str | Path) -> None:
-    """Refuse a path that cannot be created because a file stands where a folder must be."""
-    path = Path(path)
-    for part in path.parts:
-        if len(os.fsencode(part)) > NAME_MAX:
-            raise FerensError(f"{path}: the name {part[:24]}... is {len(os.fsencode(part))} "
-                              f"bytes long; file systems allow {NAME_MAX}: choose a shorter name")
-    for parent in path.parents:  # the nearest existing one decides
-        if parent.is_dir():
-            return
-        if parent.exists() or parent.is_symlink():
-            raise FerensError(f"{path}: cannot be created: {parent} is a file, not a folder")
-
-
-def check_output_file(path: str | Path) -> None:
-    """Refuse an output file path that is a folder or lies under a file."""
-    path = Path(path)
-    if path.is_dir():
-        raise FerensError(f"{path}: is a folder; give a file name to write")
-    check_creatable(path)
 
 
 def check_replaceable(out: str | Path, kind: str) -> None:
@@ -244,103 +218,6 @@ def work_folder(out: Path) -> Path:
     (work / WORK_MARK).write_text(json.dumps({"out": out.name, "pid": os.getpid()}))
     (work / "output").mkdir(mode=0o755)
     return work / "output"
-
-
-# --- the lock --------------------------------------------------------------------------------
-
-def lock_path(folder: Path) -> Path:
-    """The lock file of a folder: ``.NAME.ferens-lock`` in the folder's own parent, found by
-    every process that writes the folder whatever its temp folder or user."""
-    folder = Path(folder)
-    return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
-
-
-def _make_parents(folder: Path) -> list[Path]:
-    """Create ``folder`` and missing parents; returns those created, outermost first."""
-    missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
-    made = []
-    for path in missing:
-        try:
-            path.mkdir()
-            made.append(path)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise FerensError(f"{path}: cannot create the folder ({exc.strerror})") from None
-    return made
-
-
-def _acquire(path: Path, folder: Path) -> int:
-    """An fd holding an exclusive flock on the lock file at ``path`` (created when missing;
-    never through a link, never a FIFO or device)."""
-    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    attempts = 0
-    while True:
-        try:
-            fd = os.open(path, flags, 0o644)
-        except FileNotFoundError:  # a releasing writer removed the parent it had made
-            attempts += 1
-            if attempts > 3:
-                raise FerensError(f"{path.parent}: the folder keeps disappearing; cannot lock "
-                                  f"{folder}") from None
-            _make_parents(path.parent)
-            continue
-        except OSError as exc:  # ELOOP: a link planted at the lock's name; EACCES: not ours
-            raise FerensError(f"{path}: cannot open the lock file of {folder} "
-                              f"({exc.strerror}); if no ferens process is writing {folder}, "
-                              "delete it and run the command again") from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            raise FerensError(f"{path}: the lock file of {folder} is not a plain file; delete "
-                              "it and run the command again")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise FerensError(f"{folder}: another ferens process is writing it; wait for it "
-                              "to finish (or stop it) and run the command again") from None
-        try:  # the holder we followed may have removed the file: lock the one now there
-            now = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            now = None
-        if now is not None and (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
-            return fd
-        os.close(fd)
-
-
-def _release(fd: int, path: Path) -> None:
-    try:
-        info, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
-        if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
-            os.unlink(path)  # still holding the lock: a follower re-checks and retries
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` or fail at once with one line when another process
-    holds it. The lock dies with its process; parent folders it had to create for its lock
-    file are removed again when they are left empty."""
-    folder = Path(folder)
-    check_creatable(folder)  # a file where a folder must be: one line, before any work
-    made = _make_parents(folder.parent)
-    try:
-        path = lock_path(folder)
-        fd = _acquire(path, folder)
-        try:
-            yield
-        finally:
-            _release(fd, path)
-    finally:
-        for parent in reversed(made):
-            try:
-                parent.rmdir()
-            except OSError:
-                pass
 
 
 @contextmanager

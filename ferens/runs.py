@@ -13,11 +13,6 @@ Ensembles store log-probabilities as ``logits`` (softmax gives back their probab
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +23,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 from ferens.classes import CLASS_NAMES
 from ferens.errors import FerensError
+from ferens.io import atomic_path, read_json
 from ferens.outputs import output_folder
 
 SPLITS = ("val", "test")
@@ -153,44 +149,6 @@ def run_names(runs: list[Run]) -> list[str]:
     return unique_names(out)
 
 
-@contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """A new, unpredictably named temporary sibling of `path` that replaces it when the block
-    completes.
-
-    The name is created exclusively (``mkstemp``: never an existing file, never through a link
-    planted at a guessable name), so readers never see a half-written file and concurrent
-    writers never share a temp name. `suffix` keeps writers that insist on an extension
-    (np.savez: ``.npz``) on the same name. The file gets the usual permissions (0666 less the
-    umask), not mkstemp's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    tmp = Path(name)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        os.close(fd)
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def current_umask() -> int:
-    """The process umask (read from /proc where it can be, so no other thread ever creates a
-    file under a changed one)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_predictions(path: str | Path, preds: Predictions) -> None:
     """Write predictions atomically."""
     with atomic_path(path, ".npz") as tmp:
@@ -277,39 +235,6 @@ def split_metrics(preds: Predictions) -> dict:
         "nll": nll,
         "per_class_recall": {c: float(r) for c, r in zip(preds.class_names, recall, strict=True)},
     }
-
-
-def write_json(path: str | Path, obj: dict) -> None:
-    """Write JSON atomically with stable formatting."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: str | Path) -> dict:
-    """A JSON object from a file; anything else (a list, null, bad bytes, nesting too deep for
-    the parser, an unreadable file) is one FerensError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FerensError(f"{path}: file not found")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise FerensError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise FerensError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise FerensError(f"{path}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise FerensError(f"{path}: JSON nested too deeply to read") from None
-    if not isinstance(value, dict):
-        raise FerensError(f"{path}: expected a JSON object {{...}}, found "
-                          f"{_json_kind(value)}")
-    return value
-
-
-def _json_kind(value) -> str:
-    return {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
-        type(value), "a number")
 
 
 def check_output_folder(out: Path, sources: list[Path], kind: str, what: str, role: str) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ferens.classes import CLASS_NAMES
-from ferens.runs import Predictions, save_predictions, write_json
+from ferens.io import write_json
+from ferens.runs import Predictions, save_predictions
 
 PER_CLASS = 30
 VAL_LABELS = np.repeat(np.arange(7), PER_CLASS)

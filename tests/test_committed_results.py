@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ferens.study.local import is_committed, load_study
+from ferens.study.members import is_committed
+from ferens.study.spec import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 # (study file, its results folder, the script that writes its tables)

@@ -256,7 +256,8 @@ def _scratch_project(tmp_path: Path, csv: Path) -> Path:
     import shutil
 
     from ferens.data.fer2013 import load_fer2013
-    from ferens.runs import Predictions, save_predictions, write_json
+    from ferens.io import write_json
+    from ferens.runs import Predictions, save_predictions
 
     repo = tmp_path / "project"
     ignore = shutil.ignore_patterns("__pycache__", "weights", "*.pyc")

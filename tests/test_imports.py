@@ -23,7 +23,8 @@ HEAVY = ("torch", "timm", "albumentations")
 # Every module of combine/ and report/ is listed, whatever its name.
 TORCH_FREE = (
     "ferens", "ferens.classes", "ferens.errors", "ferens.config", "ferens.runs",
-    "ferens.outputs", "ferens.deploy.bundle_format", "ferens.report.build", "ferens.study.local",
+    "ferens.io", "ferens.outputs", "ferens.deploy.bundle_format", "ferens.report.build",
+    "ferens.study.local", "ferens.study.spec", "ferens.study.members", "ferens.study.pipeline",
     "ferens.study.ray_backend", "ferens.study.children", "ferens.provenance", "ferens.study.lanes",
     "ferens.data.fer2013", "ferens.data.dataset", "ferens.data.imagefolder",
     # deploy: finding and cropping faces, reading inputs and writing predictions need no torch

@@ -14,7 +14,8 @@ import ferens.combine.ensemble as ensemble_module
 from ferens.combine.adjust import adjust_run
 from ferens.combine.ensemble import build_ensemble
 from ferens.errors import FerensError
-from ferens.outputs import folder_lock, output_folder
+from ferens.io import folder_lock
+from ferens.outputs import output_folder
 from ferens.runs import load_run
 
 
@@ -67,6 +68,45 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path):
     build_ensemble(members, method="mean", out=out)  # free again once the lock is released
 
 
+HOLDER = """
+import sys, time
+from ferens.io import folder_lock
+with folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+def test_a_lock_left_by_a_killed_writer_never_blocks_the_next_one(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from ferens.io import lock_path
+
+    out = tmp_path / "ens"
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's ferens, not an install's
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE,
+                              text=True, env=os.environ | {"PYTHONPATH": root})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with pytest.raises(FerensError, match="another ferens process is writing it"):
+            with folder_lock(out):
+                pass
+        assert time.monotonic() - start < 5  # refused at once, not after waiting
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert lock_path(out).is_file()  # the killed writer could not remove its lock file
+    with folder_lock(out):  # but the kernel dropped its lock with the process
+        pass
+    assert not lock_path(out).exists()
+
+
 def test_adjust_with_a_non_finite_tau_writes_nothing(tmp_path):
     members = complementary_members(tmp_path / "m")
     for tau in (float("nan"), float("inf"), -1.0):
@@ -112,7 +152,7 @@ def test_report_never_replaces_a_folder_that_only_looks_like_an_old_report(tmp_p
 def test_atomic_writes_never_follow_a_link_planted_at_a_guessable_name(tmp_path):
     import os
 
-    from ferens.runs import atomic_path, write_json
+    from ferens.io import atomic_path, write_json
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -228,7 +268,7 @@ def test_the_lock_is_seen_by_processes_with_another_temp_folder(tmp_path, monkey
 def test_a_link_or_fifo_planted_at_the_lock_name_is_refused(tmp_path, planted):
     import os
 
-    from ferens.outputs import lock_path
+    from ferens.io import lock_path
 
     out = tmp_path / "ens"
     victim = tmp_path / "victim"

@@ -362,7 +362,7 @@ def check_env(need_cuda: bool) -> int:
             problems.append("torch sees no CUDA device")
     except Exception as exc:  # what matters is that it is said, whatever it is
         problems.append(f"import torch: {type(exc).__name__}: {exc}")
-    for module in ("ferens.train.member", "ferens.study.local", "ferens.cli",
+    for module in ("ferens.train.member", "ferens.study.pipeline", "ferens.cli",
                    "ferens.data.torch_augment"):
         try:
             importlib.import_module(module)

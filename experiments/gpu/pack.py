@@ -61,10 +61,11 @@ IGNORE_TEXT = ("# written by experiments/gpu/pack.py while the index is slimmed 
                "`pack.py --restore` removes it\n*\n")
 # albumentations and imbalanced-learn with everything they need that the device image
 # ('cuda', /work/.library/device/KINDS.md) lacks, or holds too old (typing-extensions: pydantic
-# needs >= 4.16); versions are this interpreter's, i.e. the ones ferens is tested with.
+# needs >= 4.16; filelock: ferens.io needs >= 4.3, the image's version is not recorded);
+# versions are this interpreter's, i.e. the ones ferens is tested with.
 WHEEL_PACKAGES = ("albumentations", "albucore", "pydantic", "pydantic-core", "annotated-types",
                   "typing-inspection", "typing-extensions", "stringzilla", "simsimd",
-                  "imbalanced-learn", "sklearn-compat")
+                  "imbalanced-learn", "sklearn-compat", "filelock")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
 

@@ -220,7 +220,7 @@ def measure(study_path: Path, names: list[str] | None = None,
 
     from ferens.models.inference import configure_threads, select_device
     from ferens.provenance import library_versions
-    from ferens.study.local import load_study
+    from ferens.study.spec import load_study
     from ferens.train.checkpoint import checkpoint_interval
     from ferens.train.member import load_splits
 

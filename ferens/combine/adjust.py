@@ -21,6 +21,7 @@ from sklearn.metrics import f1_score
 
 from ferens.combine.combiners import FITTED_FILE, FITTED_FORMAT
 from ferens.errors import FerensError
+from ferens.io import write_json
 from ferens.outputs import check_replaceable, output_folder
 from ferens.runs import (
     SPLITS,
@@ -31,7 +32,6 @@ from ferens.runs import (
     load_run,
     save_predictions,
     split_metrics,
-    write_json,
 )
 
 SELECT = ("macro-f1", "accuracy-budget")

@@ -57,6 +57,7 @@ from ferens.combine.temperature import (  # noqa: F401
     fit_temperature,
 )
 from ferens.errors import FerensError
+from ferens.io import write_json
 from ferens.outputs import check_replaceable, output_folder
 from ferens.runs import (
     SPLITS,
@@ -70,7 +71,6 @@ from ferens.runs import (
     run_names,
     save_predictions,
     split_metrics,
-    write_json,
 )
 
 

@@ -30,7 +30,7 @@ from ferens.combine.combiners import (
 from ferens.combine.stack import StackCombiner
 from ferens.combine.temperature import TemperatureScaler
 from ferens.errors import FerensError
-from ferens.runs import read_json
+from ferens.io import read_json
 
 __all__ = ["FITTED_FILE", "FittedEnsemble", "combiner_from_dict", "load_fitted", "make_combiner"]
 COMBINERS: dict[str, type[Combiner]] = {c.method: c for c in (

@@ -119,7 +119,7 @@ def _read_cache(cache_file: Path, source: Path) -> FerDataset | None:
 
 def _write_cache(cache_file: Path, ds: FerDataset) -> None:
     """Cache a parsed dataset; a full or read-only disk only costs the cache (one warning)."""
-    from ferens.runs import atomic_path
+    from ferens.io import atomic_path
 
     try:
         with atomic_path(cache_file, ".npz") as tmp:

@@ -28,9 +28,10 @@ from ferens.data.fer2013 import file_sha256
 from ferens.deploy.bundle import combine_outputs
 from ferens.deploy.bundle_format import FORMAT, FORMAT_VERSION, MANIFEST
 from ferens.errors import FerensError
+from ferens.io import read_json, write_json
 from ferens.models.inference import load_member_model
 from ferens.outputs import output_folder
-from ferens.runs import Predictions, load_predictions, read_json, row_positions, write_json
+from ferens.runs import Predictions, load_predictions, row_positions
 
 WEIGHTS_FILE = "best.safetensors"
 ONNX_OPSET = 17

@@ -64,8 +64,8 @@ def _from_bundle(spec: str, root: Path, index: int | None, where: str) -> InitSo
 
 
 def _from_run(spec: str, run: Path) -> InitSource:
+    from ferens.io import read_json
     from ferens.models.inference import load_member_model
-    from ferens.runs import read_json
 
     kind = read_json(run / "config.json").get("kind")
     if kind in ("ensemble", "adjusted"):

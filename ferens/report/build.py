@@ -19,6 +19,7 @@ import pandas as pd
 
 from ferens.classes import CLASS_NAMES
 from ferens.errors import FerensError
+from ferens.io import write_json
 from ferens.outputs import check_replaceable, output_folder
 from ferens.report.comparisons import adjustment_pairs, describe_group
 from ferens.report.duplicates import duplicate_analysis, label_mismatch
@@ -45,7 +46,7 @@ from ferens.report.taxonomy import (
     ferplus_analysis,
     pair_examples,
 )
-from ferens.runs import Predictions, Run, load_run, row_positions, run_names, write_json
+from ferens.runs import Predictions, Run, load_run, row_positions, run_names
 
 SPLITS = ("test", "val")
 TOP_RUNS = 6

@@ -1,4 +1,4 @@
-"""How a machine's cores are shared between the lanes that train a study's members on GPUs.
+"""How a machine's cores are shared between the lanes that train a study's members.
 
 Torch-free, so the local backend (``ferens.study.local``) and the Ray backend
 (``ferens.study.ray_backend``) plan alike without importing each other.
@@ -20,3 +20,11 @@ def gpu_lane_plan(pending: int, gpus: int, cores: int | None = None) -> tuple[in
     cores = cores or os.cpu_count() or 1
     lanes = max(1, min(gpus, pending or 1))
     return lanes, max(0, min(GPU_LOADER_WORKERS_MAX, cores // lanes - 2))
+
+
+def lane_plan(pending: int, lanes: int = 0, cores: int | None = None) -> tuple[int, int]:
+    """(lanes, threads per lane): by default one single-thread lane per core."""
+    cores = cores or os.cpu_count() or 1
+    lanes = lanes or cores
+    lanes = max(1, min(lanes, pending or 1))
+    return lanes, max(1, cores // lanes)

@@ -1,265 +1,36 @@
-"""A whole study from one TOML file: members (side by side, resumable), ensembles, report.
-
-    ferens study experiments/study.toml            # trains what is missing, then combines
-    ferens study experiments/study.toml --lanes 1  # one member at a time on every core
-    ferens study experiments/study.toml --only strong-e25  # reproduce one member
+"""Training a study's members locally, as subprocesses side by side (lanes).
 
 Members train as subprocesses, ``lanes`` at a time with ``cores // lanes`` threads each
 (``threads`` overrides that share; on a 2-core CPU two one-thread members beat one two-thread
 member). On a GPU machine one member trains per GPU, with the cores split into its loader
 workers. Finished members are skipped; interrupted ones resume from their last epoch. Stopping
 the study (Ctrl-C, SIGTERM, on Linux even SIGKILL) stops its members with it
-(``ferens.study.children``), and a member that another process is still training is reported and not
-started a second time. With ``$FERENS_DEADLINE`` (a unix time) members stop gracefully before
-it (``ferens.train.member``): such a member is collected with ``stopped_by_deadline`` in its
-summary, kept out of the ensembles, and trained on (not skipped) by the next run. Each finished
-member's small outputs are copied to ``results_dir/members/<name>`` at once, so nothing
-finished is lost when a session ends. Then every ensemble method runs over all members (and
-over each ``[[ensembles]]`` group: a named subset such as one recipe's seeds), the runs named
-in ``adjust`` get a ``ferens adjust`` logit adjustment (into ``results_dir/adjusted``), and
-one report covers them all.
-
-``backend="ray"`` (``ferens study FILE --backend ray``) trains the members as Ray tasks
-instead, on this machine or a cluster: see ``ferens.study.ray_backend``.
+(``ferens.study.children``), and a member that another process is still training is reported
+and not started a second time. With ``$FERENS_DEADLINE`` no member starts after the deadline
+(the members themselves stop before it: ``ferens.train.member``). Each finished member's
+small outputs are copied to ``results_dir/members/<name>`` at once. The whole study (then
+ensembles and report) is ``ferens.study.pipeline.run_study``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ferens.combine.adjust import SELECT
-from ferens.combine.ensemble import METHODS as ALL_METHODS
-from ferens.config import NAME_PATTERN, RANGES, TrainConfig, config_differences, read_text
+from ferens.config import TrainConfig
 from ferens.errors import FerensError
-from ferens.outputs import check_creatable, folder_lock
-from ferens.runs import member_outputs, read_json, store_member, write_json
+from ferens.io import check_creatable, folder_lock, read_json, write_json
 from ferens.study.children import die_with_parent, sigterm_interrupts
 from ferens.study.children import stop as stop_children
-from ferens.study.lanes import gpu_lane_plan
+from ferens.study.lanes import gpu_lane_plan, lane_plan
+from ferens.study.members import collect_member, has_summary, pending_members
+from ferens.study.spec import Study
 
-BACKENDS = ("local", "ray")
-# [ray]: read by ferens.study.ray_backend
-TABLES = ("study", "defaults", "members", "ensembles", "ray")
-GROUP_KEYS = {"name", "members", "methods"}  # an [[ensembles]] table
-STUDY_KEYS = {  # every [study] key and what its value must be
-    "results_dir": (str, "a folder path"), "lanes": (int, "a whole number >= 0"),
-    "ensemble_methods": (list, f"a list of ensemble methods from {list(ALL_METHODS)}"),
-    "ferplus": (str, "the path of fer2013new.csv"), "data": (str, "a FER2013 data path"),
-    "extra_runs": (list, "a list of run folders"),
-    "adjust": (list, "a list of member or ensemble method names"),
-    "adjust_select": (str, f"one of {list(SELECT)}"),
-    "adjust_max_accuracy_loss": (float, "a number from 0 to 1"),
-    "runs_dir": (str, "a folder path for the members' run folders and checkpoints"),
-}
-# Overrides [study] runs_dir: where this machine keeps the members' checkpoints between sessions
-RUNS_DIR_ENV = "FERENS_RUNS_DIR"
 DEADLINE_ENV = "FERENS_DEADLINE"  # read by ferens.train.member too (not imported: it needs torch)
-
-
-@dataclass(frozen=True)
-class EnsembleGroup:
-    """An ``[[ensembles]]`` table: ensembles over a named subset of the study's runs (e.g. the
-    seeds of one recipe, or the members that can teach), written to
-    ``results_dir/ensembles/<name>-<method>``."""
-
-    name: str
-    members: tuple[str, ...]
-    methods: tuple[str, ...]
-
-
-@dataclass
-class Study:
-    """A parsed study file: member configs plus what to do with them afterwards."""
-
-    path: Path
-    members: list[TrainConfig]
-    results_dir: Path
-    lanes: int = 0
-    ensemble_methods: tuple[str, ...] = ALL_METHODS
-    ferplus: str | None = None
-    data: str | None = None
-    extra_runs: list[str] = field(default_factory=list)
-    adjust: list[str] = field(default_factory=list)
-    adjust_select: str = "accuracy-budget"
-    adjust_max_accuracy_loss: float = 0.01
-    groups: list[EnsembleGroup] = field(default_factory=list)
-
-
-def load_study(path: str | Path) -> Study:
-    """Parse ``[study]``, ``[defaults]`` and ``[[members]]`` tables into typed configs."""
-    path = Path(path)
-    text = read_text(path, "study file")
-    try:
-        spec = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise FerensError(f"{path}: cannot parse TOML ({exc})") from None
-    head, defaults, entries, group_tables = _check_tables(spec, path)
-    if not entries:
-        raise FerensError(f"{path}: no [[members]] tables")
-    runs_dir = os.environ.get(RUNS_DIR_ENV) or head.get("runs_dir")
-    if runs_dir:  # the members' out_dir, unless a member names its own
-        defaults = defaults | {"out_dir": str(Path(runs_dir).expanduser())}
-    members = [TrainConfig.from_dict(defaults | entry, source=f"{path} member {i}")
-               for i, entry in enumerate(entries)]
-    names = [m.name for m in members]
-    if len(set(names)) != len(names):
-        raise FerensError(f"{path}: member names repeat: {names}")
-    methods = tuple(head.get("ensemble_methods", ALL_METHODS))
-    unknown = sorted(set(methods) - set(ALL_METHODS))
-    if unknown:
-        raise FerensError(f"{path}: unknown ensemble method(s) {unknown}")
-    adjust = list(head.get("adjust", []))
-    unknown = sorted(set(adjust) - set(names) - set(methods))
-    if unknown:
-        raise FerensError(f"{path}: adjust names {unknown}, which are neither members nor "
-                          "ensemble methods of this study")
-    select = head.get("adjust_select", "accuracy-budget")
-    if select not in SELECT:
-        raise FerensError(f"{path}: adjust_select={select!r} is not one of {list(SELECT)}")
-    runs = names + [Path(p).name for p in head.get("extra_runs", [])]
-    groups = [_ensemble_group(t, i, runs, methods, path) for i, t in enumerate(group_tables)]
-    if len({g.name for g in groups}) != len(groups):
-        raise FerensError(f"{path}: [[ensembles]] names repeat: {[g.name for g in groups]}")
-    folders = list(methods) + [f"{g.name}-{m}" for g in groups for m in g.methods]
-    clash = sorted({f for f in folders if folders.count(f) > 1})
-    if clash:
-        raise FerensError(f"{path}: [[ensembles]] names give two ensembles the folder(s) {clash}; "
-                          "rename the group")
-    return Study(path=path, members=members,
-                 results_dir=Path(head.get("results_dir", "results/study")),
-                 lanes=int(head.get("lanes", 0)), ensemble_methods=methods,
-                 ferplus=head.get("ferplus"), data=head.get("data"),
-                 extra_runs=list(head.get("extra_runs", [])),
-                 adjust=adjust,
-                 adjust_select=select,
-                 adjust_max_accuracy_loss=float(head.get("adjust_max_accuracy_loss", 0.01)),
-                 groups=groups)
-
-
-def _ensemble_group(table: object, i: int, runs: list[str], methods: tuple[str, ...],
-                    path: Path) -> EnsembleGroup:
-    """One checked ``[[ensembles]]`` table: a folder-safe name, two or more of the study's runs
-    (members or extra_runs folder names), methods from ALL_METHODS (default: the study's)."""
-    where = f"{path}: [[ensembles]] {i}"
-    if not isinstance(table, dict):
-        raise FerensError(f"{where}: must be a table")
-    unknown = sorted(set(table) - GROUP_KEYS)
-    if unknown:
-        raise FerensError(f"{where}: unknown key(s) {unknown}; expected {sorted(GROUP_KEYS)}")
-    name = table.get("name")
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise FerensError(f"{where}: name={name!r}: expected a run-style name (ASCII letters, "
-                          "digits, '.', '_', '+' and '-', starting with a letter or digit)")
-    members = table.get("members")
-    if (not isinstance(members, list) or len(members) < 2
-            or not all(isinstance(m, str) for m in members) or len(set(members)) != len(members)):
-        raise FerensError(f"{where} ({name}): members={members!r}: expected a list of two or "
-                          "more distinct run names")
-    unknown = sorted(set(members) - set(runs))
-    if unknown:
-        raise FerensError(f"{where} ({name}): {unknown} are neither members nor extra_runs of "
-                          "this study")
-    chosen = table.get("methods", list(methods))
-    if (not isinstance(chosen, list) or not chosen
-            or not all(isinstance(m, str) for m in chosen) or set(chosen) - set(ALL_METHODS)):
-        raise FerensError(f"{where} ({name}): methods={chosen!r}: expected a list from "
-                          f"{list(ALL_METHODS)}")
-    return EnsembleGroup(name=name, members=tuple(members), methods=tuple(chosen))
-
-
-def _check_tables(spec: dict, path: Path) -> tuple[dict, dict, list, list]:
-    """([study], [defaults], [[members]], [[ensembles]]) after refusing unknown tables and keys
-    and mistyped [study] values (member and default keys are checked by TrainConfig; the
-    [[ensembles]] tables by _ensemble_group)."""
-    unknown = sorted(set(spec) - set(TABLES))
-    if unknown:
-        raise FerensError(f"{path}: unknown table(s) {unknown}; a study file has [study], "
-                          "[defaults], [[members]], [[ensembles]] and [ray]")
-    head, defaults, entries = (spec.get("study", {}), spec.get("defaults", {}),
-                               spec.get("members", []))
-    groups = spec.get("ensembles", [])
-    if not isinstance(groups, list):
-        raise FerensError(f"{path}: ensembles must be [[ensembles]] tables, one per group")
-    if not isinstance(head, dict) or not isinstance(defaults, dict):
-        raise FerensError(f"{path}: [study] and [defaults] must be tables")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise FerensError(f"{path}: members must be [[members]] tables, one per member")
-    unknown = sorted(set(head) - set(STUDY_KEYS))
-    if unknown:
-        raise FerensError(f"{path}: unknown [study] key(s) {unknown}; expected some of "
-                          f"{sorted(STUDY_KEYS)}")
-    for key, value in head.items():
-        kind, expected = STUDY_KEYS[key]
-        ok = (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1
-              if kind is float else isinstance(value, kind))
-        ok = ok and not isinstance(value, bool) and not (kind is int and value < 0)
-        ok = ok and not (kind is list and not all(isinstance(v, str) for v in value))
-        ok = ok and "\x00" not in (value if isinstance(value, str) else
-                                   "".join(value) if kind is list else "")
-        if not ok:
-            raise FerensError(f"{path}: [study] {key}={value!r}: expected {expected}")
-    if "ray" in spec:  # checked here too, so a typo in [ray] is never silently ignored
-        from ferens.study.ray_backend import load_ray_settings
-
-        load_ray_settings(path)
-    return head, defaults, entries, groups
-
-
-def lane_plan(pending: int, lanes: int = 0, cores: int | None = None) -> tuple[int, int]:
-    """(lanes, threads per lane): by default one single-thread lane per core."""
-    cores = cores or os.cpu_count() or 1
-    lanes = lanes or cores
-    lanes = max(1, min(lanes, pending or 1))
-    return lanes, max(1, cores // lanes)
-
-
-def stopped_by_deadline(run_dir: Path) -> bool:
-    """Whether a run folder's summary says a deadline ended its training early."""
-    try:
-        return bool(read_json(run_dir / "summary.json").get("stopped_by_deadline"))
-    except (OSError, ValueError, FerensError):
-        return False
-
-
-def has_summary(cfg: TrainConfig) -> bool:
-    """A summary was written: the member finished, or a deadline stopped it."""
-    return (cfg.run_dir / "summary.json").is_file()
-
-
-def is_finished(cfg: TrainConfig) -> bool:
-    return has_summary(cfg) and not stopped_by_deadline(cfg.run_dir)
-
-
-def is_committed(cfg: TrainConfig, results_dir: Path) -> bool:
-    """Already in ``results_dir`` from the same config, e.g. on a fresh clone with no runs/
-    (a member a deadline stopped is not: it trains on)."""
-    saved = results_dir / "members" / cfg.name
-    if not (saved / "summary.json").is_file() or stopped_by_deadline(saved):
-        return False
-    before = TrainConfig.load(saved / "config.json")
-    return not config_differences(before, cfg, ignore=("out_dir", "data", "threads", "workers"))
-
-
-def collect_member(cfg: TrainConfig, results_dir: Path) -> Path:
-    """Copy a finished member's small outputs into results (see ``store_member``)."""
-    return store_member(results_dir, cfg.name, {
-        name: (cfg.run_dir / name).read_bytes() for name in member_outputs(cfg.run_dir)})
-
-
-def collect_finished(study: Study) -> list[str]:
-    """Copy the small outputs of every member with a summary (finished, or stopped by a
-    deadline) into results; returns their names."""
-    done = [cfg for cfg in study.members if has_summary(cfg)]
-    for cfg in done:
-        collect_member(cfg, study.results_dir)
-    return [cfg.name for cfg in done]
 
 
 def cuda_device_count() -> int:
@@ -347,34 +118,6 @@ def plan_slots(study: Study, pending: list[TrainConfig], lanes: int | None = Non
     return [Slot(threads=threads or per_lane) for _ in range(n_lanes)]
 
 
-def pending_members(study: Study, only: list[str] | None = None
-                    ) -> tuple[list[TrainConfig], list[str]]:
-    """(members still to train, names already committed), after copying finished runs into
-    results; ``only`` restricts the members to train."""
-    unknown = sorted(set(only or []) - {m.name for m in study.members})
-    if unknown:
-        raise FerensError(f"{study.path}: no member(s) named {unknown}")
-    collect_finished(study)
-    committed = [m.name for m in study.members if is_committed(m, study.results_dir)]
-    pending = [m for m in study.members
-               if m.name not in committed and (not only or m.name in only)]
-    return pending, committed
-
-
-def check_trainable_members(study: Study, only: list[str] | None = None) -> None:
-    """Refuse, before anything is collected or started, a member (of ``only``, else any) that
-    timm or albumentations cannot build (`ferens.train.member.check_trainable`: the model, an
-    ``augment_override``). Only a study that trains runs it: reading one never imports them."""
-    from ferens.train.member import check_trainable
-
-    for i, cfg in enumerate(study.members):
-        if not only or cfg.name in only:
-            try:
-                check_trainable(cfg)
-            except FerensError as exc:
-                raise FerensError(f"{study.path} member {i}: {exc}") from None
-
-
 def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
                   only: list[str] | None = None, threads: int | None = None) -> list[str]:
     """Train every unfinished member (or those in ``only``), ``lanes`` at a time; returns the
@@ -384,8 +127,8 @@ def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
     where = (f"{len(slots)} GPU lane(s) x {slots[0].workers} loader worker(s)"
              if slots[0].gpu is not None else
              f"{len(slots)} lane(s) x {slots[0].threads} thread(s)")
-    _say(f"{len(committed)} finished, {len(pending)} to train ({where}); "
-         "logs in <out_dir>/<name>.log")
+    say(f"{len(committed)} finished, {len(pending)} to train ({where}); "
+        "logs in <out_dir>/<name>.log")
     running: dict[str, tuple[subprocess.Popen, TrainConfig, float, Slot]] = {}
     free = list(slots)
     failed = []
@@ -395,7 +138,7 @@ def train_members(study: Study, lanes: int | None = None, poll: float = 5.0,
     except BaseException as exc:  # Ctrl-C, SIGTERM or a crash here: never leave orphans
         stop_children(proc for proc, *_ in running.values())
         if isinstance(exc, KeyboardInterrupt):
-            _say("interrupted; the members were stopped; run the same command again to resume")
+            say("interrupted; the members were stopped; run the same command again to resume")
         raise
     return failed
 
@@ -408,17 +151,17 @@ def _run_lanes(study: Study, pending: list[TrainConfig], running: dict, free: li
             cfg = pending.pop(0)
             if _deadline_passed():
                 failed.append(cfg.name)
-                _say(f"NOT STARTED {cfg.name}: the deadline (${DEADLINE_ENV}) has passed")
+                say(f"NOT STARTED {cfg.name}: the deadline (${DEADLINE_ENV}) has passed")
                 continue
             if _writer_elsewhere(cfg):
                 failed.append(cfg.name)
-                _say(f"NOT STARTED {cfg.name}: another ferens process is training "
-                     f"{cfg.run_dir} (an earlier study still running?); stop it or let it "
-                     "finish, then run the study again")
+                say(f"NOT STARTED {cfg.name}: another ferens process is training "
+                    f"{cfg.run_dir} (an earlier study still running?); stop it or let it "
+                    "finish, then run the study again")
                 continue
             slot = free.pop(0)
             running[cfg.name] = (_launch(cfg, slot), cfg, time.time(), slot)
-            _say(f"started {cfg.name}" + (f" on GPU {slot.gpu}" if slot.gpu is not None
+            say(f"started {cfg.name}" + (f" on GPU {slot.gpu}" if slot.gpu is not None
                                           else ""))
         if not running:
             break
@@ -434,16 +177,16 @@ def _run_lanes(study: Study, pending: list[TrainConfig], running: dict, free: li
                 summary = read_json(cfg.run_dir / "summary.json")
                 acc = summary["test"]["accuracy"]
                 if summary.get("stopped_by_deadline"):
-                    _say(f"STOPPED BY THE DEADLINE {name} after epoch {summary['epochs_run']} "
-                         f"of {summary.get('epochs_planned')} ({minutes:.1f} min): test "
-                         f"accuracy {acc:.4f} at its best epoch {summary['best_epoch']}; run "
-                         "the study again to train on")
+                    say(f"STOPPED BY THE DEADLINE {name} after epoch {summary['epochs_run']} "
+                        f"of {summary.get('epochs_planned')} ({minutes:.1f} min): test "
+                        f"accuracy {acc:.4f} at its best epoch {summary['best_epoch']}; run "
+                        "the study again to train on")
                 else:
-                    _say(f"finished {name} in {minutes:.1f} min: test accuracy {acc:.4f}")
+                    say(f"finished {name} in {minutes:.1f} min: test accuracy {acc:.4f}")
             else:
                 failed.append(name)
-                _say(f"FAILED {name} (exit {proc.returncode}): {_last_line(cfg)}; "
-                     f"see {_log_path(cfg)}")
+                say(f"FAILED {name} (exit {proc.returncode}): {_last_line(cfg)}; "
+                    f"see {_log_path(cfg)}")
 
 
 def _deadline_passed() -> bool:
@@ -473,106 +216,5 @@ def _last_line(cfg: TrainConfig) -> str:
     return lines[-1][:300] if lines else "empty log"
 
 
-def combine_and_report(study: Study) -> dict:
-    """Every ensemble method over the finished members, then the ensembles of each
-    ``[[ensembles]]`` group whose runs have all finished, then the report over everything."""
-    from ferens.combine.adjust import adjust_run
-    from ferens.combine.ensemble import build_ensemble
-    from ferens.report.build import write_report
-
-    members = [study.results_dir / "members" / m.name for m in study.members
-               if (study.results_dir / "members" / m.name / "summary.json").is_file()]
-    members += [Path(p) for p in study.extra_runs]
-    combinable = [m for m in members if _fer2013_labels(m) and not stopped_by_deadline(m)]
-    for m in members:
-        if m in combinable:
-            continue
-        if stopped_by_deadline(m):
-            _say(f"not ensembling {m.name}: a deadline stopped its training early")
-        else:
-            _say(f"not ensembling {m.name}: trained with --labels ferplus, so it is scored on "
-                 "FER+ labels (val and test relabelled and filtered)")
-    # (folder prefix, runs, methods): every member first, then each complete group
-    jobs = [("", combinable, study.ensemble_methods)] if len(combinable) >= 2 else []
-    by_name = {m.name: m for m in combinable}
-    for group in study.groups:
-        missing = [n for n in group.members if n not in by_name]
-        if missing:
-            _say(f"not building ensembles {group.name}: {missing} not finished (or not scored "
-                 "on FER2013 labels)")
-            continue
-        jobs.append((f"{group.name}-", [by_name[n] for n in group.members], group.methods))
-    ensembles = []
-    for prefix, runs, methods in jobs:
-        for method in methods:
-            out = study.results_dir / "ensembles" / f"{prefix}{method}"
-            build_ensemble(runs, method=method, out=out)
-            ensembles.append(out)
-            _say(f"ensemble {out.name}: test accuracy "
-                 f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
-    adjusted = []
-    for name in study.adjust:
-        source = next((p for p in [study.results_dir / "members" / name, *ensembles]
-                       if p.name == name and (p / "summary.json").is_file()), None)
-        if source is None:
-            _say(f"not adjusting {name}: it has not finished")
-            continue
-        out = study.results_dir / "adjusted" / f"{name}-adjusted"
-        adjust_run(source, out, select=study.adjust_select,
-                   max_accuracy_loss=study.adjust_max_accuracy_loss)
-        adjusted.append(out)
-        _say(f"adjusted {name}: test accuracy "
-             f"{read_json(out / 'summary.json')['test']['accuracy']:.4f}")
-    ferplus = study.ferplus if study.ferplus and Path(study.ferplus).is_file() else None
-    report_dir = study.results_dir / "report"
-    write_report(members + ensembles + adjusted, out=report_dir, ferplus=ferplus, data=study.data)
-    _say(f"report: {report_dir / 'report.html'}")
-    return {"members": [str(m) for m in members], "ensembles": [str(e) for e in ensembles],
-            "adjusted": [str(a) for a in adjusted], "report": str(report_dir)}
-
-
-def _fer2013_labels(run_dir: Path) -> bool:
-    """Whether a run is scored on FER2013's labels (not a --labels ferplus member's)."""
-    return (read_json(run_dir / "config.json").get("labels") or "fer2013") == "fer2013"
-
-
-def run_study(path: str | Path, lanes: int | None = None, train: bool = True,
-              only: list[str] | None = None, threads: int | None = None,
-              backend: str = "local", address: str | None = None) -> dict:
-    """Train what is missing (or only the members named in ``only``) with the local or the
-    Ray backend, then ensemble and report; safe to re-run at any point."""
-    if backend not in BACKENDS:
-        raise FerensError(f"--backend {backend!r}: expected one of {list(BACKENDS)}")
-    most = RANGES["threads"][1]
-    if lanes is not None and not 0 <= lanes <= most:
-        raise FerensError(f"--lanes {lanes}: expected 0 (one per core) or a number of lanes")
-    if threads is not None and not 1 <= threads <= most:
-        raise FerensError(f"--threads {threads}: expected a number of threads from 1 to {most}")
-    if backend != "ray" and address:
-        raise FerensError("--address names a Ray cluster; it needs --backend ray")
-    if backend == "ray" and lanes is not None:
-        raise FerensError("--lanes is for the local backend; Ray places members by the CPUs "
-                          "and GPUs each one declares")
-    study = load_study(path)
-    if train and backend == "ray":
-        from ferens.study import ray_backend as study_ray
-
-        study_ray.import_ray()  # without Ray: one line on how to install it, before any work
-        check_trainable_members(study, only)
-        pending, committed = pending_members(study, only)
-        failed = study_ray.train_members_ray(
-            pending, study.results_dir, study_ray.load_ray_settings(study.path),
-            committed=len(committed), address=address, threads=threads, say=_say)
-    elif train:
-        check_trainable_members(study, only)
-        failed = train_members(study, lanes, only=only, threads=threads)
-    else:
-        failed = []
-        _say(f"collected finished members: {collect_finished(study)}")
-    outcome = combine_and_report(study)
-    outcome["failed"] = failed
-    return outcome
-
-
-def _say(text: str) -> None:
+def say(text: str) -> None:
     print(f"[study] {text}", file=sys.stderr, flush=True)

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
-from ferens.runs import member_outputs, read_json, store_member
+from ferens.io import read_json
+from ferens.runs import member_outputs, store_member
 from ferens.study.lanes import gpu_lane_plan
 
 INSTALL_HINT = "--backend ray needs Ray, an optional extra: pip install 'ferens[ray]'"
@@ -146,8 +147,8 @@ def train_members_ray(pending: list[TrainConfig], results_dir: Path, settings: R
     ``results_dir/members/<name>`` as it finishes; returns the names that failed. Joins
     ``address`` (``auto``: the running cluster), else uses the Ray already initialised in this
     process, else starts a local one with this machine's cores. ``committed`` (members already
-    finished) and ``say`` (one progress line) are for the messages. ``ferens.study.local`` calls it;
-    this module never imports the study driver."""
+    finished) and ``say`` (one progress line) are for the messages. ``ferens.study.pipeline`` calls
+    it; this module never imports the study driver."""
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:

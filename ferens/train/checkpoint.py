@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ferens.errors import FerensError
-from ferens.runs import current_umask, write_json
+from ferens.io import current_umask, write_json
 from ferens.train.loop import TrainingParts
 
 CHECKPOINT_SECONDS_ENV = "FERENS_CHECKPOINT_SECONDS"

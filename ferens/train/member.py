@@ -39,12 +39,12 @@ from ferens.data.fer2013 import FerDataset, apply_ferplus_labels, load_fer2013
 from ferens.data.imagefolder import holdout
 from ferens.data.loader import make_loader
 from ferens.errors import FerensError
+from ferens.io import atomic_path, folder_lock, write_json
 from ferens.models.factory import check_model_name
 from ferens.models.inference import configure_threads, predict_logits, select_device
 from ferens.models.pretrained import is_timm_spec, pretrained_name
-from ferens.outputs import folder_lock
 from ferens.provenance import code_commit, library_versions
-from ferens.runs import Predictions, atomic_path, save_predictions, split_metrics, write_json
+from ferens.runs import Predictions, save_predictions, split_metrics
 from ferens.train.checkpoint import (
     TrainingState,
     checkpoint_interval,

@@ -9,8 +9,9 @@ from conftest import run_cli
 from ferens.combine.adjust import adjust_run, adjusted_log_probs, choose_tau, class_log_prior
 from ferens.combine.ensemble import build_ensemble
 from ferens.errors import FerensError
+from ferens.io import write_json
 from ferens.report.build import write_report
-from ferens.runs import Predictions, load_run, save_predictions, write_json
+from ferens.runs import Predictions, load_run, save_predictions
 
 COUNTS = np.array([60, 8, 50, 120, 70, 40, 80])  # class 1 is rare, as Disgust is in FER2013
 

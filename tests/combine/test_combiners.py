@@ -22,7 +22,8 @@ from ferens.combine.fitted import (
 )
 from ferens.combine.temperature import TemperatureScaler
 from ferens.errors import FerensError
-from ferens.runs import load_run, read_json, write_json
+from ferens.io import read_json, write_json
+from ferens.runs import load_run
 
 
 def _splits(tmp_path):

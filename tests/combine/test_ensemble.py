@@ -33,14 +33,8 @@ from ferens.combine.ensemble import (
     fitted_parameters,
 )
 from ferens.errors import FerensError
-from ferens.runs import (
-    Predictions,
-    load_predictions,
-    load_run,
-    read_json,
-    save_predictions,
-    write_json,
-)
+from ferens.io import read_json, write_json
+from ferens.runs import Predictions, load_predictions, load_run, save_predictions
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:

@@ -16,10 +16,11 @@ from scipy.stats import binomtest, false_discovery_control
 
 from ferens.classes import CLASS_NAMES
 from ferens.errors import FerensError
+from ferens.io import write_json
 from ferens.report.build import compute_metrics, load_runs, write_report
 from ferens.report.groups import find_groups
 from ferens.report.recipes import recipe
-from ferens.runs import Predictions, save_predictions, write_json
+from ferens.runs import Predictions, save_predictions
 
 K = len(CLASS_NAMES)
 N = 210

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from ferens.errors import FerensError
-from ferens.study.local import lane_plan, load_study, run_study
+from ferens.study.lanes import lane_plan
+from ferens.study.pipeline import run_study
+from ferens.study.spec import load_study
 
 
 def _study_file(tmp_path, tiny_csv, members: str) -> object:
@@ -96,7 +98,8 @@ def test_study_trains_members_side_by_side_then_ensembles_and_reports(tmp_path, 
 
 def test_a_gpu_machine_gets_one_lane_per_gpu_with_the_cores_as_loader_workers(tmp_path,
                                                                               tiny_csv):
-    from ferens.study.local import gpu_lane_plan, plan_slots
+    from ferens.study.lanes import gpu_lane_plan
+    from ferens.study.local import plan_slots
 
     assert gpu_lane_plan(pending=5, gpus=1, cores=16) == (1, 8)  # capped: GPU_LOADER_WORKERS_MAX
     assert gpu_lane_plan(pending=5, gpus=4, cores=16) == (4, 2)
@@ -163,6 +166,7 @@ import sys
 from pathlib import Path
 
 import ferens.study.local as study
+from ferens.study.spec import load_study
 
 pids = Path(sys.argv[2])
 
@@ -174,7 +178,7 @@ def sleeping_member(spec, slot):  # stands in for train-member: records its pid,
 
 
 study.member_command = sleeping_member
-study.train_members(study.load_study(sys.argv[1]), lanes=2, threads=1, poll=0.1)
+study.train_members(load_study(sys.argv[1]), lanes=2, threads=1, poll=0.1)
 """
 
 
@@ -193,8 +197,10 @@ def test_killing_the_study_driver_stops_its_members(tmp_path, tiny_csv, signal_n
     (tmp_path / "driver.py").write_text(DRIVER)
     pids = tmp_path / "pids"
     pids.mkdir()
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's ferens, not an install's
     driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(path),
-                               str(pids)], stderr=subprocess.PIPE)
+                               str(pids)], stderr=subprocess.PIPE,
+                              env=os.environ | {"PYTHONPATH": root})
     members = []
     try:
         deadline = time.monotonic() + 120
@@ -220,7 +226,7 @@ def test_killing_the_study_driver_stops_its_members(tmp_path, tiny_csv, signal_n
 def test_a_rerun_never_starts_a_second_writer_on_a_member_still_training(
         tmp_path, tiny_csv, monkeypatch, capsys):
     import ferens.study.local as study_module
-    from ferens.outputs import folder_lock
+    from ferens.io import folder_lock
 
     study = load_study(_study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\n'))
     started = []
@@ -235,8 +241,8 @@ def test_a_rerun_never_starts_a_second_writer_on_a_member_still_training(
 def test_a_study_keeps_ferplus_label_members_out_of_its_ensembles(tmp_path, tiny_csv, capsys):
     from helpers import complementary_members
 
-    from ferens.runs import write_json
-    from ferens.study.local import combine_and_report
+    from ferens.io import write_json
+    from ferens.study.pipeline import combine_and_report
 
     study = load_study(_study_file(tmp_path, tiny_csv, "".join(
         f'[[members]]\nname = "{n}"\n' for n in "abc")))
@@ -255,7 +261,7 @@ def test_ensemble_groups_combine_only_their_runs_once_all_have_finished(tmp_path
                                                                         capsys):
     from helpers import complementary_members
 
-    from ferens.study.local import combine_and_report
+    from ferens.study.pipeline import combine_and_report
 
     groups = ('[[ensembles]]\nname = "ab"\nmembers = ["a", "b"]\nmethods = ["mean"]\n'
               '[[ensembles]]\nname = "late"\nmembers = ["a", "d"]\n')
@@ -306,7 +312,7 @@ def test_a_child_sees_the_parents_own_gpu_when_the_parent_was_masked():
 def test_a_member_stopped_by_the_deadline_comes_back_stays_out_of_ensembles_and_trains_on(
         tmp_path, tiny_csv, monkeypatch, capsys):
     import ferens.train.member as train_module
-    from ferens.study.local import is_committed, pending_members
+    from ferens.study.members import is_committed, pending_members
 
     path = _study_file(tmp_path, tiny_csv, '[[members]]\nname = "a"\nepochs = 3\n'
                                            '[[members]]\nname = "b"\n')
@@ -350,7 +356,7 @@ def test_collecting_a_member_never_overwrites_files_ferens_did_not_write(tmp_pat
     """Issue 28: results_dir/members/<name> is replaced only when it is an earlier copy."""
     from ferens.config import TrainConfig
     from ferens.runs import MEMBER_OUTPUTS
-    from ferens.study.local import collect_member
+    from ferens.study.members import collect_member
 
     cfg = TrainConfig(name="m", out_dir=str(tmp_path / "runs"))
     for relative in MEMBER_OUTPUTS:

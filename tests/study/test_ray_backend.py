@@ -16,7 +16,7 @@ from conftest import fer_rows, run_cli, write_fer_csv
 
 from ferens.config import TrainConfig
 from ferens.errors import FerensError
-from ferens.study.local import run_study
+from ferens.study.pipeline import run_study
 from ferens.study.ray_backend import load_ray_settings, member_resources, task_config
 
 SPLITS = ("val", "test", "train")
