@@ -68,11 +68,6 @@ def combine_outputs(node: dict, member_logits: list[np.ndarray]) -> np.ndarray:
         raise FerensError(f"bundle combiner: {exc}") from None
 
 
-def leaf_count(node: dict) -> int:
-    """Number of member leaves under a combiner node."""
-    return 1 if "member" in node else sum(leaf_count(c) for c in node["inputs"])
-
-
 MAX_COMBINER_DEPTH = 32
 
 
