@@ -72,8 +72,8 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def train_interrupted_then_resumed(cfg, epoch: int, monkeypatch) -> None:
-    """Train ``cfg`` until a Ctrl-C at the start of ``epoch``, then ``--resume`` it to the end."""
+def train_interrupted(cfg, epoch: int, monkeypatch) -> None:
+    """Train ``cfg`` until a Ctrl-C at the start of ``epoch`` (its checkpoints stay)."""
     import ferens.train.member as train_module
 
     real = train_module.train_one_epoch
@@ -87,6 +87,13 @@ def train_interrupted_then_resumed(cfg, epoch: int, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         train_module.train_member(cfg, show_progress=False)
     monkeypatch.setattr(train_module, "train_one_epoch", real)
+
+
+def train_interrupted_then_resumed(cfg, epoch: int, monkeypatch) -> None:
+    """Train ``cfg`` until a Ctrl-C at the start of ``epoch``, then ``--resume`` it to the end."""
+    import ferens.train.member as train_module
+
+    train_interrupted(cfg, epoch, monkeypatch)
     train_module.train_member(cfg, resume=True, show_progress=False)
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, train_interrupted_then_resumed
+from conftest import run_cli, train_interrupted, train_interrupted_then_resumed
 from safetensors.torch import load_file
 
 import ferens.train.member as train_module
@@ -60,18 +60,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_csv, tmp_pa
     train_member(straight, show_progress=False)
 
     broken = _config(tiny_csv, tmp_path / "b", epochs=3, imbalance=imbalance)
-    real_epoch = train_module.train_one_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[3] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_member(broken, show_progress=False)
+    train_interrupted(broken, 2, monkeypatch)
     assert not (broken.run_dir / "summary.json").exists()
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
     train_member(broken, resume=True, show_progress=False)
 
     assert _metric_rows(broken.run_dir) == _metric_rows(straight.run_dir)
@@ -374,17 +364,7 @@ def test_resume_refuses_other_data_content_and_accepts_the_same_data_elsewhere(
     from conftest import write_fer_csv
 
     cfg = _config(tiny_csv, tmp_path, epochs=2)
-    real_epoch = train_module.train_one_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[3] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_member(cfg, show_progress=False)
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    train_interrupted(cfg, 2, monkeypatch)
     relabelled = [((label + 1) % 7, pixels, usage) for label, pixels, usage in tiny_rows]
     other = write_fer_csv(tmp_path / "other.csv", relabelled)  # same rows, other labels
     saved = (cfg.run_dir / "config.json").read_text()
