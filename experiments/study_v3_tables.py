@@ -3,7 +3,10 @@
     .venv/bin/python experiments/study_v3_tables.py > results/study_v3/tables.md
 
 Reads the finished members in ``results/study_v3/members`` and study v2's six long members (the
-study file's ``extra_runs``), and writes ``results/study_v3/disagreement_vs_gain.png``.
+study file's ``extra_runs``), and writes ``results/study_v3/disagreement_vs_gain.png``. The
+second-generation students (members whose teacher is an ensemble of this study) are kept apart
+from the diverse members: they get their own table (each seed, their mean, the shipped model and
+the issue's targets) and join only the last ensemble set.
 Everything is computed from the committed predictions; every ensemble is fitted on PublicTest
 (val) only, through ``ferens.combine.ensemble.combine``. No torch is imported.
 """
@@ -22,6 +25,7 @@ from ferens.runs import Run, load_run, split_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILE = ROOT / "experiments" / "study_v3.toml"
+V2_SHIPPED = "crop44-e90-distill-s1"  # the model study v2 shipped
 ARCHITECTURE = ("model", "width", "stem", "input_size", "crop_size")
 
 
@@ -31,13 +35,25 @@ def architecture(run: Run) -> str:
             f"{c['input_size']} px / {c['crop_size']} crop")
 
 
-def load_members(spec: dict) -> tuple[list[Run], list[Run]]:
-    """(v2 long members, finished v3 members) of a parsed study file, in its order."""
-    v2 = [load_run(ROOT / p) for p in spec["study"]["extra_runs"]]
-    folder = ROOT / spec["study"]["results_dir"] / "members"
+STUDENT_TARGETS = {"val": 0.695, "test": 0.720}
+
+
+def load_members(spec: dict, root: Path = ROOT) -> tuple[list[Run], list[Run], list[Run]]:
+    """(v2 long members, finished diverse v3 members, finished students) of a parsed study
+    file, in its order, with its paths taken from ``root``. A student is a member taught by a
+    run of this study's results."""
+    v2 = [load_run(root / p) for p in spec["study"]["extra_runs"]]
+    results = spec["study"]["results_dir"]
+    folder = root / results / "members"
     v3 = [load_run(folder / m["name"]) for m in spec["members"]
           if (folder / m["name"] / "summary.json").is_file()]
-    return v2, v3
+    students = [r for r in v3 if is_student(r, results)]
+    return v2, [r for r in v3 if r not in students], students
+
+
+def is_student(run: Run, results_dir: str) -> bool:
+    teacher = run.config.get("teacher") or ""
+    return Path(teacher).parts[:len(Path(results_dir).parts)] == Path(results_dir).parts
 
 
 def accuracy(run) -> dict[str, float]:
@@ -55,6 +71,26 @@ def members_table(runs: list[Run]) -> list[str]:
                      f"{s['val']['accuracy']:.4f} | {s['test']['accuracy']:.4f} | "
                      f"{s['test']['macro_f1']:.4f} | {rec['Disgust']:.3f} | {rec['Fear']:.3f} | "
                      f"{s['train_minutes']:.0f} | {sessions} |")
+    return lines
+
+
+def students_table(students: list[Run], shipped: Run) -> list[str]:
+    """Each student seed, the mean of the seeds against the issue's targets, and the shipped
+    model it would replace (the replacement is decided on val alone)."""
+    lines = ["| run | val acc | test acc | test macro-F1 | Disgust | Fear | train min |",
+             "|---|---|---|---|---|---|---|"]
+    for r in [*students, shipped]:
+        s = r.summary
+        rec = s["test"]["per_class_recall"]
+        label = f"{r.name} (shipped by study v2)" if r is shipped else r.name
+        lines.append(f"| {label} | {s['val']['accuracy']:.4f} | {s['test']['accuracy']:.4f} | "
+                     f"{s['test']['macro_f1']:.4f} | {rec['Disgust']:.3f} | {rec['Fear']:.3f} | "
+                     f"{s['train_minutes']:.0f} |")
+    mean = {k: float(np.mean([r.summary[k]["accuracy"] for r in students]))
+            for k in ("val", "test")}
+    met = " and ".join(f"{k} {mean[k]:.4f} {'>=' if mean[k] >= t else '<'} {t:.3f}"
+                       for k, t in STUDENT_TARGETS.items())
+    lines += ["", f"Mean of the {len(students)} student seeds: {met} (the issue's targets)."]
     return lines
 
 
@@ -140,9 +176,11 @@ def plot_pairs(rows: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def main(study_file: Path = STUDY_FILE) -> None:
+def main(study_file: Path = STUDY_FILE, root: Path = ROOT) -> None:
+    """Print the tables and write the plot for the study file, whose relative paths
+    (results, extra runs) are taken from ``root``, the repository by default."""
     spec = tomllib.loads(study_file.read_text())
-    v2, v3 = load_members(spec)
+    v2, v3, students = load_members(spec, root)
     runs = v2 + v3
     member_acc = {r.name: accuracy(r) for r in runs}
     rows = pair_rows(runs, member_acc)
@@ -154,10 +192,16 @@ def main(study_file: Path = STUDY_FILE) -> None:
            "### Ensembles (fitted on PublicTest only)", "",
            *ensembles_table({f"v2 long ({len(v2)})": v2,
                              f"v2 long + v3 ({len(runs)})": runs,
-                             **({f"v3 only ({len(v3)})": v3} if len(v3) > 1 else {})},
-                            member_acc)]
+                             **({f"v3 only ({len(v3)})": v3} if len(v3) > 1 else {}),
+                             **({f"v2 long + v3 + students ({len(runs) + len(students)})":
+                                 runs + students} if students else {})},
+                            {r.name: accuracy(r) for r in runs + students})]
+    if students:
+        shipped = next(r for r in v2 if r.name == V2_SHIPPED)
+        out += ["", "### Second-generation students (half-width resnet18, distilled from "
+                f"{students[0].config['teacher']})", "", *students_table(students, shipped)]
     print("\n".join(out))
-    plot_pairs(rows, ROOT / spec["study"]["results_dir"] / "disagreement_vs_gain.png")
+    plot_pairs(rows, root / spec["study"]["results_dir"] / "disagreement_vs_gain.png")
 
 
 if __name__ == "__main__":
