@@ -47,8 +47,8 @@ def load_members(spec: dict, root: Path = ROOT) -> tuple[list[Run], list[Run], l
     folder = root / results / "members"
     v3 = [load_run(folder / m["name"]) for m in spec["members"]
           if (folder / m["name"] / "summary.json").is_file()]
-    students = [r for r in v3 if is_student(r, results)]
-    return v2, [r for r in v3 if r not in students], students
+    return (v2, [r for r in v3 if not is_student(r, results)],
+            [r for r in v3 if is_student(r, results)])
 
 
 def is_student(run: Run, results_dir: str) -> bool:
