@@ -182,7 +182,7 @@ def main(study_file: Path = STUDY_FILE, root: Path = ROOT) -> None:
     spec = tomllib.loads(study_file.read_text())
     v2, v3, students = load_members(spec, root)
     runs = v2 + v3
-    member_acc = {r.name: accuracy(r) for r in runs}
+    member_acc = {r.name: accuracy(r) for r in runs + students}
     rows = pair_rows(runs, member_acc)
     out = ["### Members (study v2's six long members, then the finished v3 members)", "",
            *members_table(runs), "",
@@ -195,7 +195,7 @@ def main(study_file: Path = STUDY_FILE, root: Path = ROOT) -> None:
                              **({f"v3 only ({len(v3)})": v3} if len(v3) > 1 else {}),
                              **({f"v2 long + v3 + students ({len(runs) + len(students)})":
                                  runs + students} if students else {})},
-                            {r.name: accuracy(r) for r in runs + students})]
+                            member_acc)]
     if students:
         shipped = next(r for r in v2 if r.name == V2_SHIPPED)
         out += ["", "### Second-generation students (half-width resnet18, distilled from "

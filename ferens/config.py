@@ -368,10 +368,11 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, raw = pair.partition("=")
         if not sep:
             raise FerensError(f"--set {pair!r}: expected key=value")
+        key = key.strip().replace("-", "_")
         try:
-            values[key.strip().replace("-", "_")] = json.loads(raw)
+            values[key] = json.loads(raw)
         except json.JSONDecodeError:
-            values[key.strip().replace("-", "_")] = raw
+            values[key] = raw
     return values
 
 
