@@ -32,7 +32,9 @@
 #   FERENS_GPU_CARRY     carry folder [.gpu-carry]
 #   FERENS_GPU_WORK      unpacked data, cache, runs and logs [/tmp/ferens-gpu]
 #   FERENS_GPU_SITE      where carried wheels are installed [/tmp/site]
-#   FERENS_GPU_TESTS     0 skips the CUDA tests [1]; FERENS_GPU_TESTS_TIMEOUT [150]
+#   FERENS_GPU_TESTS     0 skips the CUDA tests [1]; FERENS_GPU_TESTS_TIMEOUT [150];
+#   FERENS_GPU_TESTS_KEEP seconds the CUDA tests leave before the members' deadline for
+#                        timing and training [90] (the CPU rehearsal in tests/ sets less)
 #   FERENS_GPU_TIMING_TIMEOUT [150]; FERENS_GPU_TIMING_MIN_LEFT: a `train` call on a machine
 #                        without timing numbers times only with this many seconds left [300];
 #   FERENS_GPU_LOADER_WORKERS worker counts timed ["0,8"];
@@ -123,7 +125,7 @@ cap() {  # cap SECONDS DEADLINE MARGIN: SECONDS, or less so that DEADLINE - MARG
 tests_stage() {
   [ "${FERENS_GPU_TESTS:-1}" = 0 ] && { say "CUDA tests skipped (FERENS_GPU_TESTS=0)"; return 0; }
   local limit
-  limit=$(cap "${FERENS_GPU_TESTS_TIMEOUT:-150}" "$MEMBER_DEADLINE" 90)
+  limit=$(cap "${FERENS_GPU_TESTS_TIMEOUT:-150}" "$MEMBER_DEADLINE" "${FERENS_GPU_TESTS_KEEP:-90}")
   [ "$limit" -gt 10 ] || { say "no time left for the CUDA tests before training"; return 1; }
   timeout -k 10 "$limit" "$PY" -m pytest -m cuda -q -p no:cacheprovider \
     tests/test_cuda.py 2>&1 | tee "$WORK/logs/cuda-tests.log"
