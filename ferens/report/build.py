@@ -1,12 +1,12 @@
 """`ferens report`: a leaderboard, study groups, per-run metrics with bootstrap CIs, an error
-taxonomy and calibration.
+taxonomy, calibration and training curves.
 
     >>> from ferens.report.build import write_report
     >>> metrics = write_report(["runs/*", "ensembles/stack"], out="reports/ab")  # doctest: +SKIP
 
 writes ``report.html`` (self-contained), ``report.md``, ``metrics.json`` and the PNG plots.
 For notebooks, `compute_metrics` returns the same numbers from loaded `Run` objects, and
-`ferens.report.metrics` / `.taxonomy` / `.duplicates` / `.groups` hold the pieces.
+`ferens.report.metrics` / `.taxonomy` / `.duplicates` / `.groups` / `.curves` hold the pieces.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ferens.errors import FerensError
 from ferens.io import write_json
 from ferens.outputs import check_replaceable, output_folder
 from ferens.report.comparisons import adjustment_pairs, describe_group
+from ferens.report.curves import training_curves
 from ferens.report.duplicates import duplicate_analysis, label_mismatch
 from ferens.report.groups import find_groups
 from ferens.report.leaderboard import check_sort, leaderboard
@@ -74,7 +75,8 @@ def compute_metrics(runs: list[Run], split: str = "test",
     `dataset` is a `ferens.data.fer2013.FerDataset` (the whole file, so Training copies are found).
     `sort` orders the leaderboard, `group` forces study groups on config fields, and the
     `top` runs of the leaderboard plus those whose name matches a glob in `show` get the
-    detailed per-run sections.
+    detailed per-run sections. Runs with a metrics.csv (trained members) get a training curve
+    in "curves"; one that cannot be read is listed in "skipped" instead.
     """
     if not runs:
         raise FerensError("no runs to report on")
@@ -111,6 +113,7 @@ def compute_metrics(runs: list[Run], split: str = "test",
             ferplus.check_split(p.row_ids, split, str(run.path))
     run_entries = [run_metrics(name, run, p, ferplus, seed, n_boot)
                    for name, run, p in zip(names, runs, preds, strict=True)]
+    curves = training_curves(runs, names, skipped)
     out = {
         "split": split, "seed": seed, "n_bootstrap": n_boot, "ci_level": CI_LEVEL,
         "ece_bins": ECE_BINS, "class_names": list(class_names),
@@ -127,6 +130,7 @@ def compute_metrics(runs: list[Run], split: str = "test",
     out["ferplus"] = {"rules": FERPLUS_RULES} if ferplus is not None else None
     out["duplicates"] = duplicate_analysis(dataset, preds, names) if dataset is not None else None
     out["has_thumbnails"] = dataset is not None
+    out["curves"] = curves
     return out
 
 

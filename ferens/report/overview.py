@@ -12,9 +12,9 @@ MAX_SEED_COLUMNS = 5
 READING_GUIDE = (
     "How to read this report: the leaderboard ranks every run and says which ones are "
     "measurably worse than the best; the study groups then isolate one config field at a time "
-    "(and show how much runs move by seed alone); per-class recall, calibration and the error "
-    "analysis follow; the top runs of the leaderboard are shown in detail, the others collapsed, "
-    "and the run folders are listed at the end.")
+    "(and show how much runs move by seed alone); per-class recall, calibration, the training "
+    "curves and the error analysis follow; the top runs of the leaderboard are shown in detail, "
+    "the others collapsed, and the run folders are listed at the end.")
 
 
 def fmt_q(test: dict | None) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from PIL import Image
 
 DPI = 90
@@ -125,6 +127,48 @@ def reliability_png(curves: list[dict], run_names: list[str], path: Path) -> Pat
     for ax in axes[n:]:
         ax.set_axis_off()
     axes[0].legend(fontsize=7, loc="upper left")
+    return save(fig, path)
+
+
+def curves_png(curves: list[dict], path: Path, title: str = "Training curves") -> Path:
+    """Val accuracy (left, a dot on the best epoch) and train / val loss (right, solid /
+    dashed) against the epoch, one colour per run; a column a run lacks is left out."""
+    n = len(curves)
+    legend_rows = -(-n // 3)
+    width, height = 12.0, 4.0 + 0.25 * legend_rows
+    fig = Figure(figsize=(width, height))
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.6 / width, right=0.98, bottom=(0.6 + 0.2 * legend_rows) / height,
+                        top=1 - 0.55 / height, wspace=0.18)
+    colours = colormaps["tab20"]
+    for i, curve in enumerate(curves):
+        colour = colours((2 * i) % 20 + (2 * i) // 20)  # the ten dark hues, then the light
+        epochs = np.asarray(curve["epoch"])
+        if "val_accuracy" in curve:
+            acc_ax.plot(epochs, np.array(curve["val_accuracy"], dtype=float), color=colour,
+                        linewidth=1.2, label=shorten(curve["name"]))
+        else:  # keep the run in the legend
+            acc_ax.plot([], [], color=colour, label=shorten(curve["name"]))
+        if curve.get("best_epoch") is not None:
+            acc_ax.plot([curve["best_epoch"]], [curve["best_val_accuracy"]], "o", color=colour,
+                        markersize=4)
+        for column, style in (("train_loss", "-"), ("val_loss", "--")):
+            if column in curve:
+                loss_ax.plot(epochs, np.array(curve[column], dtype=float), style, color=colour,
+                             linewidth=1.0)
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("val accuracy")
+    acc_ax.set_title("Validation accuracy (dot: best epoch)", fontsize=10)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.set_title("Loss", fontsize=10)
+    loss_ax.legend(handles=[Line2D([], [], color="black", linestyle="-", label="train"),
+                            Line2D([], [], color="black", linestyle="--", label="val")],
+                   fontsize=8, loc="upper right")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+    fig.legend(loc="lower center", ncols=min(n, 3), fontsize=8, frameon=False)
+    fig.suptitle(title)
     return save(fig, path)
 
 

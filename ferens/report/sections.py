@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ferens.report import plots
+from ferens.report.curves import TAIL_SHARE
 from ferens.report.duplicates import SUBSETS
 from ferens.report.overview import (
     READING_GUIDE,
@@ -40,6 +41,7 @@ def slug(text: str, limit: int = 40) -> str:
 RUN_PLOT_KINDS = ("_confusion", "_confused_pairs", "_confident_errors", "_ambiguous_errors")
 GROUP_PLOT = re.compile(r"group_[0-9][0-9]_.*")
 MAX_TABLE_RUNS = 6
+MAX_CURVE_RUNS = 12
 
 
 def leaderboard_order(metrics: dict) -> list[int]:
@@ -48,11 +50,18 @@ def leaderboard_order(metrics: dict) -> list[int]:
     return [index[row["name"]] for row in metrics["leaderboard"]["rows"]]
 
 
+def ordered_curves(metrics: dict) -> list[dict]:
+    """The training curves of metrics["curves"] in leaderboard order."""
+    rank = {row["name"]: row["rank"] for row in metrics["leaderboard"]["rows"]}
+    return sorted(metrics["curves"], key=lambda c: rank[c["name"]])
+
+
 def write_plots(metrics: dict, out: Path,
                 images: Callable[[list[int]], np.ndarray] | None) -> dict:
     """Write the report's PNGs into `out`: recall across runs (bars, or a heatmap for many
-    runs), one recall plot per study group, and reliability diagrams, confusion matrices and
-    faces for the runs shown in detail only."""
+    runs), one recall plot per study group, the training curves of the first MAX_CURVE_RUNS
+    runs with a metrics.csv, and reliability diagrams, confusion matrices and faces for the
+    runs shown in detail only."""
     classes = tuple(metrics["class_names"])
     runs = [metrics["runs"][i] for i in leaderboard_order(metrics)]
     names = [r["name"] for r in runs]
@@ -68,6 +77,12 @@ def write_plots(metrics: dict, out: Path,
         paths["reliability"] = plots.reliability_png(
             [r["reliability"] for r in shown], [r["name"] for r in shown],
             out / "reliability.png")
+    curves = ordered_curves(metrics)
+    if curves:
+        title = "Training curves" + (f": the first {MAX_CURVE_RUNS} of {len(curves)} runs "
+                                     "in leaderboard order" if len(curves) > MAX_CURVE_RUNS
+                                     else "")
+        paths["curves"] = plots.curves_png(curves[:MAX_CURVE_RUNS], out / "curves.png", title)
     comp = metrics["comparison"]
     if comp and len(runs) > MAX_TABLE_RUNS:
         order = leaderboard_order(metrics)
@@ -129,6 +144,8 @@ def build_document(metrics: dict, paths: dict) -> Doc:
     _recall(doc, metrics, paths)
     _headline(doc, metrics)
     _calibration(doc, metrics, paths)
+    if "curves" in paths:
+        _curves(doc, metrics, paths)
     if metrics["comparison"]:
         _comparison(doc, metrics, paths)
     if metrics["ferplus"]:
@@ -183,6 +200,36 @@ def _calibration(doc: Doc, metrics: dict, paths: dict) -> None:
              "bin; bars below the diagonal mean over-confidence. The ECE of every run is in "
              "the scores table.")
     doc.image(paths["reliability"], "Reliability diagrams")
+
+
+def _curves(doc: Doc, metrics: dict, paths: dict) -> None:
+    curves = ordered_curves(metrics)
+    shown = min(len(curves), MAX_CURVE_RUNS)
+    doc.heading("Training curves")
+    doc.para(f"Per-epoch numbers from the metrics.csv of the {len(curves)} of "
+             f"{len(metrics['runs'])} runs that have one (trained members; ensembles and "
+             "adjusted runs have none), in leaderboard order"
+             + (f"; the plot shows the first {shown}, the other {len(curves) - shown} are in "
+                "the table only" if len(curves) > shown else "")
+             + ". Train loss is the training objective on augmented batches (with any label "
+             "smoothing, mixup or distillation), so compare its shape, not its level, with val "
+             "loss. The best epoch is the one with the highest val accuracy (the first on "
+             "ties); a run that chose its weights on val macro-F1 may have kept another. "
+             "Last - best is the last epoch's val accuracy minus the best; the gain over the "
+             f"last {TAIL_SHARE:.0%} of epochs is their best val accuracy minus the "
+             "best before them: above 0, the run was still setting new bests when its schedule "
+             "ended.")
+    doc.image(paths["curves"], "Training curves")
+    doc.table(["run", "epochs", "best val epoch", "best val acc.", "last-epoch val acc.",
+               "last - best", f"gain over the last {TAIL_SHARE:.0%}"],
+              [[c["name"], c["n_epochs"], fmt(c["best_epoch"]), fmt(c["best_val_accuracy"]),
+                fmt(c["last_val_accuracy"]), _signed(c["last_minus_best"]),
+                _signed(c["tail_gain"])] for c in curves])
+
+
+def _signed(value: float | None) -> str:
+    """A change in val accuracy: 4 digits, as one val row is 0.0003 of FER2013's 3,589."""
+    return "–" if value is None else f"{value:+.4f}"
 
 
 def _comparison(doc: Doc, metrics: dict, paths: dict) -> None:
